@@ -1,0 +1,117 @@
+"""hubbub: one broadcast hub behind WebSocket, Server-Sent Events and HTTP.
+
+``create_app()`` builds the Quart app: settings, backend, hub, transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from app.auth import Authenticator
+from app.config import Settings
+from app.errors import HubError
+from app.hub.backends.base import Backend
+from app.hub.backends.memory import MemoryBackend
+from app.hub.hub import Hub
+from app.hub.message import dumps
+from app.lifecycle import install_drain_on_signals
+from app.limits import ConnectionLimiter
+from app.observability import configure_logging
+from app.transports import http, site, sse, websocket
+from app.transports.common import Services, origin_allowed
+
+__all__ = ["create_app", "Hub"]
+
+log = logging.getLogger("app")
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def build_backend(settings: Settings) -> Backend:
+    if settings.redis_url:
+        from app.hub.backends.redis import RedisBackend
+
+        return RedisBackend(settings.redis_url, prefix=settings.redis_prefix,
+                            history_size=settings.history_size,
+                            history_ttl_s=settings.history_ttl_s)
+    return MemoryBackend(history_size=settings.history_size, history_ttl_s=settings.history_ttl_s)
+
+
+def create_app(settings: Settings | None = None, *, handle_signals: bool = True) -> Quart:
+    """The app. ``handle_signals=False`` leaves SIGTERM/SIGINT alone (embedding, tests)."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    app = Quart(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
+    hub = Hub(build_backend(settings), outbox_size=settings.outbox_size,
+              history_size=settings.history_size)
+    svc = Services(settings=settings, hub=hub, authenticator=Authenticator(settings),
+                   connections=ConnectionLimiter(settings.max_connections_per_user))
+    app.extensions["hubbub"] = svc
+    app.hub = hub  # type: ignore[attr-defined]  # for server-side code: app.hub.notify(...)
+    for blueprint in (websocket.bp, sse.bp, http.bp, site.bp):
+        app.register_blueprint(blueprint)
+    _register_errors(app)
+    _register_cors(app, settings)
+
+    @app.before_serving
+    async def start() -> None:
+        await hub.start()
+        if handle_signals:
+            install_drain_on_signals(asyncio.get_running_loop(), lambda: _drain(svc))
+        if settings.ephemeral_secret:
+            log.warning("JWT_SECRET is not set: using an ephemeral secret; demo login is on "
+                        "and tokens die with this process")
+        log.info("hubbub ready: backend=%s", hub.backend.name)
+
+    @app.after_serving
+    async def stop() -> None:
+        _drain(svc)
+        await hub.close()
+
+    return app
+
+
+def _drain(svc: Services) -> None:
+    """Refuses new connections and ends live ones (WebSocket 1012, SSE end with retry hint)."""
+    svc.draining = True
+    svc.hub.close_subscriptions()
+
+
+def _register_errors(app: Quart) -> None:
+    @app.errorhandler(HubError)
+    async def hub_error(error: HubError) -> Response:
+        return error.response()
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                 413: "too_large", 415: "unsupported_media_type"}
+        status = error.code or 500
+        body = {"error": codes.get(status, "error"), "detail": error.description or ""}
+        return Response(dumps(body), status=status, content_type="application/json")
+
+    @app.errorhandler(Exception)
+    async def internal_error(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = {"error": "internal_error", "detail": "unexpected server error"}
+        return Response(dumps(body), status=500, content_type="application/json")
+
+
+def _register_cors(app: Quart, settings: Settings) -> None:
+    """CORS on the HTTP API for ALLOWED_ORIGINS (same-origin needs none)."""
+
+    @app.after_request
+    async def cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and settings.allowed_origins and origin_allowed(settings, origin, ""):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Last-Event-ID"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response

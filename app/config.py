@@ -1,0 +1,135 @@
+"""Settings read once from the environment and validated; a bad value names its variable."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ValueError(f"{name} must be at least {minimum}, got {raw}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    return tuple(item.strip() for item in raw.replace(",", " ").split() if item.strip())
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: int = 8000
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    ephemeral_secret: bool = False  # True when no JWT_SECRET was given (development)
+    redis_url: str | None = None
+    redis_prefix: str = "hubbub:"
+    allowed_origins: tuple[str, ...] = ()
+    history_size: int = 1000
+    history_ttl_s: float = 3600.0
+    heartbeat_interval_s: float = 15.0
+    idle_timeout_s: float = 60.0
+    rate_limit_per_second: float = 1.0
+    rate_limit_burst: int = 10
+    max_message_bytes: int = 64 * 1024
+    max_connections_per_user: int = 20
+    outbox_size: int = 1000
+    demo_login: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def demo_login_enabled(self) -> bool:
+        return self.demo_login or self.ephemeral_secret
+
+    @property
+    def backend_name(self) -> str:
+        return "redis" if self.redis_url else "memory"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        secret = env.get("JWT_SECRET", "")
+        public_key = env.get("JWT_PUBLIC_KEY", "").replace("\\n", "\n")
+        algorithms = _list(env, "JWT_ALGORITHMS") or (
+            ("RS256", "ES256") if public_key else ("HS256",)
+        )
+        if public_key and not any(a in _ASYMMETRIC for a in algorithms):
+            raise ValueError("JWT_ALGORITHMS must name an asymmetric algorithm with JWT_PUBLIC_KEY")
+        unknown = [a for a in algorithms if a not in _ASYMMETRIC + ("HS256", "HS384", "HS512")]
+        if unknown:
+            raise ValueError(f"JWT_ALGORITHMS has unknown algorithm(s): {', '.join(unknown)}")
+        ephemeral = not secret and not public_key
+        if ephemeral:
+            secret = secrets.token_urlsafe(32)
+        redis_url = env.get("REDIS_URL") or None
+        if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
+        origins = _list(env, "ALLOWED_ORIGINS")
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"ALLOWED_ORIGINS entries must be '*' or http(s)://host, got {origin!r}")
+        level = env.get("LOG_LEVEL", "INFO").upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+        return cls(
+            port=_int(env, "PORT", 8000, minimum=0),
+            jwt_secret=secret,
+            jwt_public_key=public_key,
+            jwt_algorithms=algorithms,
+            jwt_audience=env.get("JWT_AUDIENCE") or None,
+            jwt_issuer=env.get("JWT_ISSUER") or None,
+            ephemeral_secret=ephemeral,
+            redis_url=redis_url,
+            redis_prefix=env.get("REDIS_PREFIX", "hubbub:"),
+            allowed_origins=origins,
+            history_size=_int(env, "HISTORY_SIZE", 1000, minimum=1),
+            history_ttl_s=_float(env, "HISTORY_TTL", 3600.0, minimum=1.0),
+            heartbeat_interval_s=_float(env, "HEARTBEAT_INTERVAL", 15.0, minimum=0.05),
+            idle_timeout_s=_float(env, "IDLE_TIMEOUT", 60.0, minimum=0.1),
+            rate_limit_per_second=_float(env, "RATE_LIMIT_PER_SECOND", 1.0, minimum=0.001),
+            rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 10, minimum=1),
+            max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 64 * 1024, minimum=64),
+            max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 20, minimum=1),
+            outbox_size=_int(env, "OUTBOX_SIZE", 1000, minimum=1),
+            demo_login=_bool(env, "DEMO_LOGIN"),
+            log_level=level,
+        )

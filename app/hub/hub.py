@@ -1,0 +1,181 @@
+"""The one hub every transport publishes to and subscribes from.
+
+It stamps messages, lets the backend assign ids and carry them between
+processes, and fans each one out to the local subscriptions of its channel
+by appending to their outboxes. It never awaits a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from app.hub.backends.base import Backend
+from app.hub.message import Cursor, History, Message, dumps, encode_body
+from app.hub.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+BROADCAST = "broadcast"
+
+
+def room_channel(room: str) -> str:
+    return f"room:{room}"
+
+
+def user_channel(user: str) -> str:
+    return f"user:{user}"
+
+
+def notification_channels(user: str) -> tuple[str, str]:
+    return (user_channel(user), BROADCAST)
+
+
+class Hub:
+    def __init__(self, backend: Backend, *, outbox_size: int = 1000, history_size: int = 1000) -> None:
+        self.backend = backend
+        self._outbox_size = outbox_size
+        self._history_size = history_size
+        self._subscribers: dict[str, set[Subscription]] = {}
+        # One lock per channel: the first local subscriber subscribes at the backend
+        # while later ones wait, and an unsubscribe never races a resubscribe.
+        # Each entry counts its users so it is dropped when nobody holds or awaits it.
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self.delivered = 0  # message × subscriber hand-offs, for /metrics
+
+    async def start(self) -> None:
+        await self.backend.start(self._deliver)
+
+    def close_subscriptions(self) -> None:
+        """Ends every local subscription: their writers close the connections."""
+        for subscribers in self._subscribers.values():
+            for subscription in subscribers:
+                subscription.close()
+
+    async def close(self) -> None:
+        self.close_subscriptions()
+        await self.backend.close()
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(
+        self, channel: str, message: dict[str, Any], *, sender: str | None = None,
+        origin: str | None = None,
+    ) -> Message:
+        """Stamps ``message`` and sends it to every subscriber of ``channel`` on every process."""
+        return await self.backend.publish(channel, encode_body(channel, message, sender), origin)
+
+    async def notify(self, user: str, data: Any) -> Message:
+        """A notification to every connection of ``user``."""
+        return await self.publish(user_channel(user), {"type": "notification", "data": data})
+
+    async def broadcast(self, data: Any) -> Message:
+        """A notification to every notifications subscriber."""
+        return await self.publish(BROADCAST, {"type": "notification", "data": data})
+
+    # -- subscribing --------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self, channels: Iterable[str], *, cursor: str | None = None, connection_id: str = "",
+    ) -> AsyncIterator[Subscription]:
+        """A subscription that replays what came after ``cursor``, then goes live.
+
+        Live messages arriving during the replay are held and de-duplicated by id,
+        so nothing is lost or repeated at the seam. Always cleaned up on exit.
+        """
+        subscription = Subscription(tuple(channels), connection_id, self._outbox_size)
+        parsed = Cursor.parse(cursor)
+        if parsed is not None:
+            subscription.hold()
+        added: list[str] = []
+        try:
+            for channel in subscription.channels:
+                await self._add(channel, subscription)
+                added.append(channel)
+            history: History | None = None
+            if parsed is not None:
+                history = await self.backend.history(
+                    subscription.channels, parsed, self._history_size
+                )
+            subscription.replay(history)
+            yield subscription
+        finally:
+            subscription.close()
+            for channel in added:
+                await self._remove(channel, subscription)
+
+    async def _add(self, channel: str, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(channel)
+        if subscribers is not None:  # fast path: the backend already carries it here
+            subscribers.add(subscription)
+            return
+        async with self._channel_lock(channel):
+            subscribers = self._subscribers.get(channel)
+            if subscribers is None:
+                await self.backend.subscribe(channel)  # on failure nothing is registered
+                subscribers = self._subscribers[channel] = set()
+            subscribers.add(subscription)
+
+    async def _remove(self, channel: str, subscription: Subscription) -> None:
+        async with self._channel_lock(channel):
+            subscribers = self._subscribers.get(channel)
+            if subscribers is None:
+                return
+            subscribers.discard(subscription)
+            if subscribers:
+                return
+            del self._subscribers[channel]
+            try:
+                await self.backend.unsubscribe(channel)
+            except Exception:
+                log.warning("could not unsubscribe %s at the backend", channel, exc_info=True)
+
+    @asynccontextmanager
+    async def _channel_lock(self, channel: str) -> AsyncIterator[None]:
+        entry = self._locks.get(channel)
+        if entry is None:
+            entry = self._locks[channel] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[channel]
+
+    def _deliver(self, message: Message) -> None:
+        subscribers = self._subscribers.get(message.channel)
+        if not subscribers:
+            return
+        for subscription in tuple(subscribers):
+            subscription.offer(message)
+        self.delivered += len(subscribers)
+
+    # -- presence -----------------------------------------------------------
+
+    async def join(self, channel: str, user: str, connection_id: str) -> None:
+        """Records the connection; the user's first one announces ``join`` to the room."""
+        if await self.backend.presence_add(channel, user, connection_id):
+            await self.backend.publish_live(channel, _presence_frame("join", channel, user))
+
+    async def leave(self, channel: str, user: str, connection_id: str) -> None:
+        """Forgets the connection; the user's last one announces ``leave``."""
+        if await self.backend.presence_remove(channel, user, connection_id):
+            await self.backend.publish_live(channel, _presence_frame("leave", channel, user))
+
+    async def presence(self, channel: str) -> list[dict[str, Any]]:
+        counts = await self.backend.presence(channel)
+        return [{"id": user, "connections": n} for user, n in sorted(counts.items())]
+
+    def local_subscriptions(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+
+def _presence_frame(kind: str, channel: str, user: str) -> str:
+    return dumps({"type": kind, "channel": channel, "sender": user})

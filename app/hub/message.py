@@ -1,0 +1,107 @@
+"""A stamped message and its wire encodings, each computed at most once per message.
+
+The hub encodes the body once (``encode_body``); the backend that assigns the id
+splices it in front (``with_id``), so a message is never decoded or re-encoded
+on its way to subscribers, on this process or any other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sse_starlette.event import ServerSentEvent
+
+# Fields the hub owns; a client's values for them are overwritten.
+STAMPED_FIELDS = ("id", "channel", "sender", "timestamp")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; non-ASCII kept as is (SSE and WebSocket text are UTF-8)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def timestamp_now() -> str:
+    """RFC 3339 UTC with milliseconds, e.g. 2026-11-26T10:30:00.123Z."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def encode_body(channel: str, body: dict[str, Any], sender: str | None) -> str:
+    """The message's JSON without its id: stamped fields overwrite the client's."""
+    stamped = {k: v for k, v in body.items() if k not in STAMPED_FIELDS}
+    stamped["channel"] = channel
+    stamped["sender"] = sender
+    stamped["timestamp"] = timestamp_now()
+    return dumps(stamped)
+
+
+def format_id(epoch: str, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+def with_id(message_id: str, body_json: str) -> str:
+    """Splices ``"id"`` in as the first field of an encoded body (``{...}``)."""
+    return f'{{"id":"{message_id}",{body_json[1:]}'
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a subscriber got to: the history epoch and the sequence number in it."""
+
+    epoch: str
+    seq: int
+
+    @classmethod
+    def parse(cls, raw: str | None) -> Cursor | None:
+        """None for no cursor; a malformed one parses to a cursor no history matches."""
+        if raw is None or raw == "":
+            return None
+        epoch, _, seq = raw.rpartition("-")
+        if not epoch or not seq.isdigit() or len(seq) > 19:
+            return cls(epoch="?", seq=0)
+        return cls(epoch=epoch, seq=int(seq))
+
+    def __str__(self) -> str:
+        return format_id(self.epoch, self.seq)
+
+
+class Message:
+    """One message as delivered. ``seq`` is None for live-only frames (join, leave)."""
+
+    __slots__ = ("channel", "json", "seq", "epoch", "origin", "_sse")
+
+    def __init__(
+        self, channel: str, json_text: str, seq: int | None = None, epoch: str = "",
+        origin: str | None = None,
+    ) -> None:
+        self.channel = channel
+        self.json = json_text
+        self.seq = seq
+        self.epoch = epoch
+        self.origin = origin  # the publishing connection, skipped on delivery; None: nobody
+        self._sse: bytes | None = None
+
+    @property
+    def id(self) -> str | None:
+        return None if self.seq is None else format_id(self.epoch, self.seq)
+
+    @property
+    def sse(self) -> bytes:
+        """The SSE frame: an ``id:`` line (messages only) and one ``data:`` line."""
+        if self._sse is None:
+            self._sse = ServerSentEvent(self.json, id=self.id, sep="\n").encode()
+        return self._sse
+
+    def __repr__(self) -> str:
+        return f"Message({self.channel!r}, id={self.id!r}, {self.json[:60]!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Retained messages after a cursor, oldest first; ``recovered`` is False when some were lost."""
+
+    messages: list[Message]
+    recovered: bool

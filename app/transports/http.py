@@ -1,0 +1,142 @@
+"""Plain HTTP: post and read room messages, presence, notifications, tickets, demo login."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from app.auth import Principal, issue_ticket
+from app.errors import BadRequest, Forbidden, TooLarge, Unavailable
+from app.hub.backends.base import BackendUnavailable
+from app.hub.hub import room_channel
+from app.hub.message import Cursor, dumps
+from app.transports.common import Services, publish_chat, require_principal, services, valid_room
+from app.transports.inbound import chat_text_from_body, json_object
+
+bp = Blueprint("http", __name__)
+
+DEFAULT_HISTORY_LIMIT = 100
+_DEMO_USER_MAX = 64
+
+
+def _json(value: object, status: int = 200) -> Response:
+    return Response(dumps(value), status=status, content_type="application/json")
+
+
+async def _body(svc: Services) -> bytes:
+    """The request body, refused past MAX_MESSAGE_BYTES before it is read whole."""
+    limit = svc.settings.max_message_bytes
+    if (request.content_length or 0) > limit:
+        raise TooLarge(f"bodies are limited to {limit} bytes")
+    request.max_content_length = limit
+    try:
+        return await request.get_data(cache=False)
+    except Exception as exc:  # werkzeug's RequestEntityTooLarge for chunked bodies
+        if getattr(exc, "code", None) == 413:
+            raise TooLarge(f"bodies are limited to {limit} bytes") from None
+        raise
+
+
+async def _principal(svc: Services) -> Principal:
+    return await require_principal(svc, request.headers, request.args)
+
+
+@bp.post("/api/rooms/<room>/messages")
+async def post_message(room: str) -> Response:
+    svc = services()
+    room = valid_room(room)
+    principal = await _principal(svc)
+    text = chat_text_from_body(request.content_type or "", await _body(svc))
+    message = await publish_chat(svc, principal, room, text)
+    return _json({"id": message.id}, 202)
+
+
+@bp.get("/api/rooms/<room>/messages")
+async def get_messages(room: str) -> Response:
+    svc = services()
+    room = valid_room(room)
+    principal = await _principal(svc)
+    principal.require_room(room)
+    raw_limit = request.args.get("limit", str(DEFAULT_HISTORY_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= svc.settings.history_size:
+        raise BadRequest(f"limit must be an integer from 1 to {svc.settings.history_size}")
+    try:
+        history = await svc.hub.backend.history(
+            [room_channel(room)], Cursor.parse(request.args.get("since")), int(raw_limit)
+        )
+    except BackendUnavailable:
+        raise Unavailable("the message backend is unreachable", retry_after=2) from None
+    # Each message is already JSON text: splice, do not decode and re-encode.
+    body = ",".join(m.json for m in history.messages)
+    recovered = "true" if history.recovered else "false"
+    return Response(f'{{"messages":[{body}],"recovered":{recovered}}}',
+                    content_type="application/json")
+
+
+@bp.get("/api/rooms/<room>/presence")
+async def get_presence(room: str) -> Response:
+    svc = services()
+    room = valid_room(room)
+    principal = await _principal(svc)
+    principal.require_room(room)
+    try:
+        users = await svc.hub.presence(room_channel(room))
+    except BackendUnavailable:
+        raise Unavailable("the presence backend is unreachable", retry_after=2) from None
+    return _json({"room": room, "users": users})
+
+
+@bp.post("/api/notifications")
+async def post_notification() -> Response:
+    svc = services()
+    principal = await _principal(svc)
+    principal.require_scope("notify")
+    body = json_object(request.content_type or "", await _body(svc))
+    if "data" not in body:
+        raise BadRequest("'data' is required (any JSON value)")
+    user, to_all = body.get("user"), body.get("broadcast")
+    if to_all is not True and (not isinstance(user, str) or not user or len(user) > 128):
+        raise BadRequest('give "user": "ID" or "broadcast": true')
+    if to_all is True and user is not None:
+        raise BadRequest('give either "user" or "broadcast": true, not both')
+    try:
+        if to_all is True:
+            message = await svc.hub.broadcast(body["data"])
+        else:
+            message = await svc.hub.notify(user, body["data"])  # type: ignore[arg-type]
+    except BackendUnavailable:
+        raise Unavailable("the message backend is unreachable", retry_after=2) from None
+    svc.metrics.published += 1
+    return _json({"id": message.id}, 202)
+
+
+@bp.post("/auth/ticket")
+async def post_ticket() -> Response:
+    svc = services()
+    principal = await _principal(svc)
+    try:
+        ticket = await issue_ticket(svc.hub.backend, principal)
+    except BackendUnavailable:
+        raise Unavailable("the ticket store is unreachable", retry_after=2) from None
+    return _json({"ticket": ticket, "expires_in": 30})
+
+
+@bp.post("/auth/demo-token")
+async def post_demo_token() -> Response:
+    svc = services()
+    if not svc.settings.demo_login_enabled or not svc.authenticator.can_issue:
+        raise Forbidden("demo login is disabled (JWT_SECRET is set and DEMO_LOGIN is not 1)")
+    body = json_object(request.content_type or "", await _body(svc))
+    user = body.get("user")
+    if not isinstance(user, str) or not valid_demo_user(user):
+        raise BadRequest(f"'user' must be 1-{_DEMO_USER_MAX} characters of A-Z a-z 0-9 _ . -")
+    scope = body.get("scope", "")
+    if scope not in ("", "notify"):
+        raise BadRequest("'scope' may only be \"notify\"")
+    ttl = 3600
+    token = svc.authenticator.issue(user, scope=scope, ttl_s=ttl)
+    return _json({"token": token, "expires_in": ttl})
+
+
+def valid_demo_user(user: str) -> bool:
+    return 0 < len(user) <= _DEMO_USER_MAX and all(c.isascii() and (c.isalnum() or c in "_.-")
+                                                   for c in user)

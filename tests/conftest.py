@@ -1,0 +1,105 @@
+"""Shared fixtures: a real Hypercorn serving the app on a free port, and tokens for it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import jwt
+import pytest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from app import create_app
+from app.config import Settings
+from app.hub.hub import Hub
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+def make_token(user: str, *, scope: str = "", ttl_s: float = 3600,
+               rooms: list[str] | None = None, secret: str = SECRET) -> str:
+    import time
+
+    claims: dict[str, object] = {"sub": user, "exp": int(time.time() + ttl_s)}
+    if scope:
+        claims["scope"] = scope
+    if rooms is not None:
+        claims["rooms"] = rooms
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@dataclass
+class LiveServer:
+    port: int
+    hub: Hub
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def token(self, user: str, **claims: object) -> str:
+        return make_token(user, **claims)  # type: ignore[arg-type]
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=10)
+
+
+@asynccontextmanager
+async def run_server(env: dict[str, str] | None = None) -> AsyncIterator[LiveServer]:
+    """Hypercorn on a port the kernel picked, bound before serving so no test races for it."""
+    settings = Settings.from_env({"JWT_SECRET": SECRET, **(env or {})})
+    app = create_app(settings, handle_signals=False)
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.graceful_timeout = 2
+    config.accesslog = None
+    config.errorlog = None
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
+    server = LiveServer(port=port, hub=app.extensions["hubbub"].hub, settings=settings)
+    async with server.http() as client, asyncio.timeout(10):
+        while True:
+            try:
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                await asyncio.sleep(0.02)
+    try:
+        yield server
+    finally:
+        stop.set()
+        async with asyncio.timeout(15):
+            await task
+
+
+ServerFactory = Callable[..., Awaitable[LiveServer]]
+
+
+@pytest.fixture
+async def live_server() -> AsyncIterator[LiveServer]:
+    async with run_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def server_factory() -> AsyncIterator[Callable[[dict[str, str]], Awaitable[LiveServer]]]:
+    """Starts servers with their own environment: ``await server_factory({"OUTBOX_SIZE": "5"})``."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        async def start(env: dict[str, str] | None = None) -> LiveServer:
+            return await stack.enter_async_context(run_server(env))
+
+        yield start
