@@ -22,7 +22,7 @@ from app.hub.message import dumps
 from app.lifecycle import install_drain_on_signals
 from app.limits import ConnectionLimiter
 from app.observability import configure_logging
-from app.transports import http, site, sse, websocket
+from app.transports import connection_control, http, site, sse, websocket
 from app.transports.common import Services, origin_allowed
 
 __all__ = ["create_app", "Hub"]
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     """The app. ``handle_signals=False`` leaves SIGTERM/SIGINT alone (embedding, tests)."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
+    connection_control.install()
     app = Quart(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     hub = Hub(build_backend(settings), outbox_size=settings.outbox_size,

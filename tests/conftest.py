@@ -55,10 +55,12 @@ class LiveServer:
 
 
 @asynccontextmanager
-async def run_server(env: dict[str, str] | None = None) -> AsyncIterator[LiveServer]:
+async def run_server(env: dict[str, str] | None = None,
+                     app_config: dict[str, object] | None = None) -> AsyncIterator[LiveServer]:
     """Hypercorn on a port the kernel picked, bound before serving so no test races for it."""
     settings = Settings.from_env({"JWT_SECRET": SECRET, **(env or {})})
     app = create_app(settings, handle_signals=False)
+    app.config.update(app_config or {})
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = Config()
@@ -99,7 +101,8 @@ async def server_factory() -> AsyncIterator[Callable[[dict[str, str]], Awaitable
     from contextlib import AsyncExitStack
 
     async with AsyncExitStack() as stack:
-        async def start(env: dict[str, str] | None = None) -> LiveServer:
-            return await stack.enter_async_context(run_server(env))
+        async def start(env: dict[str, str] | None = None,
+                        app_config: dict[str, object] | None = None) -> LiveServer:
+            return await stack.enter_async_context(run_server(env, app_config))
 
         yield start

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from app.hub.message import History, Message
 
@@ -21,7 +22,7 @@ class Subscription:
 
     __slots__ = (
         "channels", "connection_id", "recovered", "_outbox", "_maxsize",
-        "_wakeup", "_held", "_epoch", "_last_seq", "overflowed", "closed",
+        "_wakeup", "_held", "_epoch", "_last_seq", "overflowed", "closed", "on_overflow",
     )
 
     def __init__(self, channels: tuple[str, ...], connection_id: str, maxsize: int) -> None:
@@ -36,6 +37,8 @@ class Subscription:
         self._last_seq = 0
         self.overflowed = False
         self.closed = False
+        # Set by the transport: ends a connection whose writer is stuck on a peer that stopped reading.
+        self.on_overflow: Callable[[], None] | None = None
 
     @property
     def last_id(self) -> str | None:
@@ -91,9 +94,13 @@ class Subscription:
         self._wakeup.set()
 
     def _overflow(self) -> None:
+        if self.overflowed:
+            return
         self.overflowed = True
         self._outbox.clear()
         self._wakeup.set()
+        if self.on_overflow is not None:
+            self.on_overflow()
 
     def close(self) -> None:
         """Wakes the writer, which then sees an empty, closed outbox and ends."""

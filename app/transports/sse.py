@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 from quart import Blueprint, Response, request
 from sse_starlette.event import ServerSentEvent
@@ -28,11 +29,13 @@ from app.transports.common import (
     valid_room,
     welcome_frame,
 )
+from app.transports.connection_control import abort_later
 
 bp = Blueprint("sse", __name__)
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _HEARTBEAT = ServerSentEvent(comment="", sep="\n").encode()
+OVERFLOW_GRACE_S = 1.0
 
 
 def retry_hint_ms() -> int:
@@ -69,21 +72,30 @@ async def notifications() -> Response:
 def _stream(svc: Services, principal: Principal, channels: tuple[str, ...],
             room: str | None) -> Response:
     cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    response = Response(_events(svc, principal, channels, room, cursor),
+    response = Response(_events(svc, principal, channels, room, cursor, request.scope),
                         content_type="text/event-stream", headers=_HEADERS)
     response.timeout = None  # else Quart's RESPONSE_TIMEOUT cuts the stream at 60 s
     return response
 
 
 async def _events(svc: Services, principal: Principal, channels: tuple[str, ...],
-                  room: str | None, cursor: str | None) -> AsyncIterator[bytes]:
+                  room: str | None, cursor: str | None, scope: Any) -> AsyncIterator[bytes]:
     """Runs outside the request context: everything it needs is passed in."""
     hub, settings = svc.hub, svc.settings
     connection_id = new_connection_id()
     svc.connections.acquire(principal.user)
     svc.metrics.connections_opened += 1
+    abort: asyncio.TimerHandle | None = None
+
+    def on_overflow() -> None:
+        # The generator may be parked at a yield the peer never reads: drop the connection
+        # unless the stream ends by itself first.
+        nonlocal abort
+        abort = abort_later(scope, OVERFLOW_GRACE_S)
+
     try:
         async with hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
+            sub.on_overflow = on_overflow
             welcome = welcome_frame(channels[0], principal.user, sub.recovered,
                                     settings.heartbeat_interval_s)
             # A comment first flushes proxies; then the retry hint and the welcome event.
@@ -118,4 +130,6 @@ async def _events(svc: Services, principal: Principal, channels: tuple[str, ...]
         yield ServerSentEvent('{"type":"error","code":"unavailable","detail":"backend unavailable"}',
                               retry=retry_hint_ms(), sep="\n").encode()
     finally:
+        if abort is not None:
+            abort.cancel()
         svc.connections.release(principal.user)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import NoReturn
 
 from quart import Blueprint, Response, websocket
 
@@ -28,12 +29,14 @@ from app.transports.common import (
     valid_room,
     welcome_frame,
 )
+from app.transports.connection_control import control_of
 from app.transports.inbound import parse_frame
 
 log = logging.getLogger(__name__)
 bp = Blueprint("websocket", __name__)
 
 _PONG = '{"type":"pong"}'
+CLOSE_GRACE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,7 @@ async def _serve(svc: Services, principal: Principal | None,
             admit(svc, principal)
         except HubError as error:
             svc.metrics.auth_failures += error.status == 401
-            await websocket.close(error.close_code, error.detail[:120])
+            await _close(Closing(error.close_code, error.detail[:120]))
             return
     if channels is None:
         channels = notification_channels(principal.user)
@@ -137,12 +140,23 @@ async def _serve(svc: Services, principal: Principal | None,
                 svc.settings.heartbeat_interval_s,
             ))
             closing = await _run(svc, principal, subscription, room)
-        await websocket.close(closing.code, closing.reason)
+        await _close(closing)
     except BackendUnavailable:
         await websocket.accept()
-        await websocket.close(Close.TRY_AGAIN_LATER, "backend unavailable")
+        await _close(Closing(Close.TRY_AGAIN_LATER, "backend unavailable"))
     finally:
         svc.connections.release(principal.user)
+
+
+async def _close(closing: Closing) -> None:
+    """Sends the close frame; a peer that does not take it within the grace is dropped."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            await websocket.close(closing.code, closing.reason)
+    except TimeoutError:
+        control = control_of(websocket.scope)
+        if control is not None:
+            control.abort()
 
 
 async def _run(svc: Services, principal: Principal, subscription: Subscription,
@@ -150,20 +164,28 @@ async def _run(svc: Services, principal: Principal, subscription: Subscription,
     channel = subscription.channels[0]
     if room is not None:
         await svc.hub.join(channel, principal.user, subscription.connection_id)
+    writer = asyncio.ensure_future(_write(subscription))
+    # A writer stuck on a peer that stopped reading cannot see the overflow: cancel it.
+    subscription.on_overflow = writer.cancel
     tasks = [
+        writer,
         asyncio.ensure_future(_read(svc, principal, subscription, room)),
-        asyncio.ensure_future(_write(svc, subscription)),
         asyncio.ensure_future(_expire(principal)),
+        asyncio.ensure_future(_keepalive(svc)),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         task = done.pop()
+        if task.cancelled() or isinstance(task.exception(), SlowConsumer):
+            svc.metrics.slow_consumers += 1
+            return Closing(Close.TRY_AGAIN_LATER, "slow consumer: resume from your last id")
         if task.exception() is not None:
             log.error("connection of user %s on %s failed", principal.user, channel,
                       exc_info=task.exception())
             return Closing(Close.INTERNAL_ERROR, "internal error")
         return task.result()
     finally:
+        subscription.on_overflow = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -192,22 +214,41 @@ async def _read(svc: Services, principal: Principal, subscription: Subscription,
             subscription.send_frame(error.frame())
 
 
-async def _write(svc: Services, subscription: Subscription) -> Closing:
-    try:
-        while True:
-            batch = await subscription.next_batch()
-            if not batch:
-                return Closing(Close.SERVICE_RESTART, "server restarting")
-            for message in batch:
-                await websocket.send(message.json)
-    except SlowConsumer:
-        svc.metrics.slow_consumers += 1
-        return Closing(Close.TRY_AGAIN_LATER, "slow consumer: resume from your last id")
+async def _write(subscription: Subscription) -> Closing:
+    """Drains the outbox to the socket; raises SlowConsumer once it overflowed."""
+    while True:
+        batch = await subscription.next_batch()
+        if not batch:
+            return Closing(Close.SERVICE_RESTART, "server restarting")
+        for message in batch:
+            await websocket.send(message.json)
+
+
+async def _forever() -> NoReturn:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
 
 
 async def _expire(principal: Principal) -> Closing:
     left = principal.seconds_left()
     if left is None:
-        await asyncio.Event().wait()  # never expires
-    await asyncio.sleep(max(0.0, left or 0.0))
+        await _forever()
+    await asyncio.sleep(max(0.0, left))
     return Closing(Close.UNAUTHORIZED, "token expired")
+
+
+async def _keepalive(svc: Services) -> Closing:
+    """Pings every HEARTBEAT_INTERVAL; a peer silent (pongs included) for IDLE_TIMEOUT is closed."""
+    control = control_of(websocket.scope)
+    if control is None:  # not under Hypercorn: nothing to ping with
+        await _forever()
+    interval, idle_limit = svc.settings.heartbeat_interval_s, svc.settings.idle_timeout_s
+    while True:
+        await asyncio.sleep(min(interval, idle_limit))
+        if control.idle_for() > idle_limit:
+            return Closing(Close.TRY_AGAIN_LATER, f"nothing received for {idle_limit:.0f} s")
+        try:
+            async with asyncio.timeout(interval):
+                await control.ping()
+        except TimeoutError:
+            pass  # the peer is not reading; the idle check or the outbox bound ends it

@@ -1,0 +1,94 @@
+"""Keep-alive, dead peers and token expiry on live connections (API.md: Keep-alive and shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
+
+FAST_HEARTBEAT = {"HEARTBEAT_INTERVAL": "0.2", "IDLE_TIMEOUT": "1"}
+
+
+async def test_silent_websocket_peer_is_closed_after_idle_timeout(server_factory: ServerFactory) -> None:
+    server = await server_factory(FAST_HEARTBEAT)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws/chat?room=lobby&token={server.token('ghost')} HTTP/1.1\r\n"
+                  f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    received = b""
+    try:
+        async with asyncio.timeout(5):  # idle timeout 1 s + close grace; never answers a ping
+            while chunk := await reader.read(65536):
+                received += chunk
+    finally:
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 101")
+    assert b"\x89" in received  # at least one protocol ping (opcode 0x9) came first
+
+
+async def test_websocket_peer_answering_pings_outlives_idle_timeout(server_factory: ServerFactory) -> None:
+    server = await server_factory(FAST_HEARTBEAT)
+    token = server.token("alive")
+    async with ws_connect(f"{server.ws_url}/ws/chat?room=lobby&token={token}") as ws:
+        assert (await recv_json(ws))["type"] == "welcome"
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(2.5):  # 2.5 × the idle timeout, answering pings only
+                await ws.wait_closed()
+        await ws.send(json.dumps({"type": "ping"}))
+        assert (await recv_until(ws, "pong")) == {"type": "pong"}
+
+
+async def test_sse_sends_heartbeat_comments(server_factory: ServerFactory) -> None:
+    server = await server_factory(FAST_HEARTBEAT)
+    async with server.http() as client, \
+            sse_connect(client, f"/sse/notifications?token={server.token('alice')}") as sse:
+        assert (await sse.next_json())["type"] == "welcome"
+        with pytest.raises(TimeoutError):
+            await sse.next(timeout=1.0)
+        assert sse.comments >= 3  # the first flush, then one every 0.2 s
+
+
+async def test_sse_stream_outlives_quart_response_timeout(server_factory: ServerFactory) -> None:
+    server = await server_factory(FAST_HEARTBEAT, app_config={"RESPONSE_TIMEOUT": 1})
+    token = server.token("alice")
+    async with server.http() as client, sse_connect(client, f"/sse/chat?room=lobby&token={token}") as sse:
+        assert (await sse.next_json())["type"] == "welcome"
+        with pytest.raises(TimeoutError):  # an ended stream would fail with AssertionError
+            await sse.until("nothing-comes", timeout=2.0)  # past the 1 s response timeout
+        reply = await client.post("/api/rooms/lobby/messages", content=b"still here",
+                                  headers={"Authorization": f"Bearer {token}"})
+        assert (await sse.until("chat"))["id"] == reply.json()["id"]
+
+
+async def test_token_expiry_closes_websocket_4401_and_ends_sse(server_factory: ServerFactory) -> None:
+    server = await server_factory()
+    token = server.token("brief", ttl_s=1.5)
+    async with server.http() as client, \
+            ws_connect(f"{server.ws_url}/ws/notifications?token={token}") as ws, \
+            sse_connect(client, f"/sse/notifications?token={token}") as sse:
+        assert (await recv_json(ws))["type"] == "welcome"
+        assert (await sse.next_json())["type"] == "welcome"
+        async with asyncio.timeout(5):
+            await ws.wait_closed()
+        assert ws.close_code == 4401
+        assert await sse.next() is None
+
+
+async def test_half_open_handshake_does_not_block_others(server_factory: ServerFactory) -> None:
+    server = await server_factory()
+    half = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        half.sendall(b"GET /ws/chat?room=lobby HTTP/1.1\r\nHost: x\r\nUpgrade: websock")
+        token = server.token("alice")
+        async with ws_connect(f"{server.ws_url}/ws/chat?room=lobby&token={token}") as ws:
+            assert (await recv_json(ws))["type"] == "welcome"
+    finally:
+        half.close()

@@ -1,0 +1,102 @@
+"""Graceful shutdown of the real command line (API.md: Keep-alive and shutdown), and its logs.
+
+Heroku sends SIGTERM to every process of the dyno: the test starts `hypercorn` as
+the Procfile does (default supervisor + one spawned worker) in its own process
+group and signals the whole group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SECRET, make_token
+from tests.e2e.clients import recv_json, sse_connect, ws_connect
+
+ROOT = Path(__file__).resolve().parents[2]
+HYPERCORN = str(Path(sys.executable).with_name("hypercorn"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def hypercorn_process() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        HYPERCORN, "--bind", f"127.0.0.1:{port}", "--worker-class", "uvloop",
+        "--access-logfile", "-", "app:create_app()",
+        cwd=ROOT, env={**os.environ, "JWT_SECRET": SECRET},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client, asyncio.timeout(20):
+        while True:
+            try:
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+    try:
+        yield process, port
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+async def test_sigterm_to_the_group_closes_1012_ends_sse_and_exits(
+    hypercorn_process: tuple[asyncio.subprocess.Process, int],
+) -> None:
+    process, port = hypercorn_process
+    token = make_token("alice")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client, \
+            ws_connect(f"ws://127.0.0.1:{port}/ws/chat?room=lobby&token={token}") as ws, \
+            sse_connect(client, f"/sse/chat?room=lobby&token={token}") as sse:
+        assert (await recv_json(ws))["type"] == "welcome"
+        assert (await sse.next_json())["type"] == "welcome"
+        started = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await ws.wait_closed()
+        assert ws.close_code == 1012
+        while await sse.next(timeout=10) is not None:
+            pass  # whatever was in flight, then the end of the stream
+        assert any(line.startswith("retry:") for line in sse.raw[-4:])  # the jittered hint
+        async with asyncio.timeout(25):
+            await process.wait()
+        assert time.monotonic() - started < 25
+        output = (await process.stdout.read()).decode() if process.stdout else ""
+    assert process.returncode == 0, output
+    # The token was in two URLs: it appears in no log line, access log included.
+    assert token not in output
+    assert "/sse/chat" in output or "/ws/chat" in output  # the access log did log the requests
+
+
+async def test_command_line_token_is_accepted_by_the_server(
+    hypercorn_process: tuple[asyncio.subprocess.Process, int],
+) -> None:
+    _, port = hypercorn_process
+    made = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app", "token", "ops", "--scope", "notify", "--ttl", "60",
+        cwd=ROOT, env={**os.environ, "JWT_SECRET": SECRET}, stdout=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        out, _ = await made.communicate()
+    assert made.returncode == 0
+    token = out.decode().strip()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        reply = await client.post("/api/notifications", json={"broadcast": True, "data": {"m": 1}},
+                                  headers={"Authorization": f"Bearer {token}"})
+    assert reply.status_code == 202, reply.text

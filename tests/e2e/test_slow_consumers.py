@@ -1,0 +1,146 @@
+"""A client that stops reading is dropped; nobody else waits for it (API.md: Limits)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.conftest import LiveServer, ServerFactory
+from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
+
+FAST_LIMITS = {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000", "OUTBOX_SIZE": "50"}
+MESSAGES = 400
+TEXT = "x" * 24000  # 400 × 24 KB ≈ 10 MB: past the kernel buffers (a few MB) and the outbox
+
+
+def stalled_socket(port: int, request_line: str, extra_headers: str = "") -> socket.socket:
+    """A raw TCP client that sends one request and then never reads a byte."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"{request_line}\r\nHost: 127.0.0.1:{port}\r\n{extra_headers}\r\n".encode())
+    return sock
+
+
+def stalled_websocket(server: LiveServer, token: str) -> socket.socket:
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = (f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n")
+    return stalled_socket(server.port, f"GET /ws/chat?room=lobby&token={token} HTTP/1.1", headers)
+
+
+def stalled_sse(server: LiveServer, token: str) -> socket.socket:
+    return stalled_socket(server.port, f"GET /sse/chat?room=lobby&token={token} HTTP/1.1")
+
+
+async def post_all(client: httpx.AsyncClient, token: str, count: int) -> list[float]:
+    """Posts ``count`` messages one after the other; returns each POST's latency in seconds."""
+    latencies = []
+    for i in range(count):
+        started = time.perf_counter()
+        reply = await client.post("/api/rooms/lobby/messages", json={"text": f"{i} {TEXT}"},
+                                  headers={"Authorization": f"Bearer {token}"})
+        latencies.append(time.perf_counter() - started)
+        assert reply.status_code == 202, reply.text
+    return latencies
+
+
+async def wait_for_metric(client: httpx.AsyncClient, name: str, wanted: Callable[[float], bool]) -> None:
+    """Polls /metrics (bounded) until ``name`` satisfies ``wanted``."""
+    async with asyncio.timeout(10):
+        while True:
+            text = (await client.get("/metrics")).text
+            values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
+            if values and wanted(values[0]):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def run_round(server: LiveServer, stalled: socket.socket | None) -> tuple[list[float], int]:
+    """One subscriber reads everything while ``count`` messages are posted; returns latencies, received."""
+    token = server.token("reader")
+    async with server.http() as client, \
+            ws_connect(f"{server.ws_url}/ws/chat?room=lobby&token={token}", max_size=None) as ws:
+        assert (await recv_json(ws))["type"] == "welcome"
+        received = 0
+
+        async def read() -> None:
+            nonlocal received
+            while received < MESSAGES:
+                frame = await recv_until(ws, "chat", timeout=10)
+                assert frame["text"].startswith(f"{received} "), "out of order or lost"
+                received += 1
+
+        reader = asyncio.create_task(read())
+        latencies = await post_all(client, server.token("poster"), MESSAGES)
+        async with asyncio.timeout(20):
+            await reader
+        return latencies, received
+
+
+async def test_stalled_websocket_is_dropped_and_others_get_everything(server_factory: ServerFactory) -> None:
+    server = await server_factory(FAST_LIMITS)
+    baseline_latencies, _ = await run_round(server, None)
+    stalled = stalled_websocket(server, server.token("stalled"))
+    try:
+        latencies, received = await run_round(server, stalled)
+        async with server.http() as client:
+            await wait_for_metric(client, "hubbub_slow_consumers_total", lambda n: n == 1)
+            await wait_for_metric(client, "hubbub_connections", lambda n: n == 0)  # dropped
+    finally:
+        stalled.close()
+    assert received == MESSAGES
+    # The publisher never waits for the stalled client: its median POST stays near the baseline.
+    assert statistics.median(latencies) < 3 * statistics.median(baseline_latencies) + 0.02
+
+
+async def test_stalled_sse_is_dropped_and_others_get_everything(server_factory: ServerFactory) -> None:
+    server = await server_factory(FAST_LIMITS)
+    baseline_latencies, _ = await run_round(server, None)
+    stalled = stalled_sse(server, server.token("stalled"))
+    try:
+        latencies, received = await run_round(server, stalled)
+        async with server.http() as client:
+            await wait_for_metric(client, "hubbub_slow_consumers_total", lambda n: n == 1)
+            await wait_for_metric(client, "hubbub_connections", lambda n: n == 0)
+    finally:
+        stalled.close()
+    assert received == MESSAGES
+    assert statistics.median(latencies) < 3 * statistics.median(baseline_latencies) + 0.02
+
+
+async def burst(server: LiveServer, count: int) -> None:
+    """Server-side publishes in a tight loop: they reach the outbox faster than any writer drains."""
+    for i in range(count):
+        await server.hub.publish("room:lobby", {"type": "chat", "text": str(i)}, sender="bot")
+
+
+async def test_websocket_outbox_overflow_closes_1013(server_factory: ServerFactory) -> None:
+    server = await server_factory({"OUTBOX_SIZE": "5"})
+    token = server.token("slow")
+    async with ws_connect(f"{server.ws_url}/ws/chat?room=lobby&token={token}") as ws:
+        assert (await recv_json(ws))["type"] == "welcome"
+        await burst(server, 20)
+        async with asyncio.timeout(5):
+            await ws.wait_closed()
+        assert ws.close_code == 1013
+
+
+async def test_sse_outbox_overflow_ends_the_stream(server_factory: ServerFactory) -> None:
+    server = await server_factory({"OUTBOX_SIZE": "5"})
+    token = server.token("slow")
+    async with server.http() as client, sse_connect(client, f"/sse/chat?room=lobby&token={token}") as sse:
+        assert (await sse.next_json())["type"] == "welcome"
+        await burst(server, 20)
+        kinds = []
+        while (event := await sse.next()) is not None:  # bounded: next() times out
+            kinds.append(event.json()["type"])
+        assert "chat" not in kinds  # the outbox was dropped whole: the client resumes from history
