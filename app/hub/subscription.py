@@ -22,7 +22,7 @@ class Subscription:
 
     __slots__ = (
         "channels", "connection_id", "recovered", "_outbox", "_maxsize",
-        "_wakeup", "_held", "_epoch", "_last_seq", "overflowed", "closed", "on_overflow",
+        "_wakeup", "_drained", "_held", "_epoch", "_last_seq", "overflowed", "closed", "on_overflow",
     )
 
     def __init__(self, channels: tuple[str, ...], connection_id: str, maxsize: int) -> None:
@@ -32,6 +32,7 @@ class Subscription:
         self._outbox: deque[Message] = deque()
         self._maxsize = maxsize
         self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
         self._held: list[Message] | None = None
         self._epoch = ""
         self._last_seq = 0
@@ -39,6 +40,17 @@ class Subscription:
         self.closed = False
         # Set by the transport: ends a connection whose writer is stuck on a peer that stopped reading.
         self.on_overflow: Callable[[], None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Messages queued and not yet taken by the writer."""
+        return len(self._outbox)
+
+    async def drained(self) -> None:
+        """Waits until the writer has taken everything queued (or the subscription ended)."""
+        while self._outbox and not (self.overflowed or self.closed):
+            self._drained.clear()
+            await self._drained.wait()
 
     @property
     def last_id(self) -> str | None:
@@ -99,6 +111,7 @@ class Subscription:
         self.overflowed = True
         self._outbox.clear()
         self._wakeup.set()
+        self._drained.set()
         if self.on_overflow is not None:
             self.on_overflow()
 
@@ -106,6 +119,7 @@ class Subscription:
         """Wakes the writer, which then sees an empty, closed outbox and ends."""
         self.closed = True
         self._wakeup.set()
+        self._drained.set()
 
     async def next_batch(self) -> list[Message]:
         """Everything queued, oldest first (waits for at least one); [] once closed.
@@ -123,4 +137,5 @@ class Subscription:
             raise SlowConsumer
         batch = list(self._outbox)
         self._outbox.clear()
+        self._drained.set()
         return batch

@@ -37,6 +37,10 @@ bp = Blueprint("websocket", __name__)
 
 _PONG = '{"type":"pong"}'
 CLOSE_GRACE_S = 2.0
+# Replies to a client's own frames (acks, errors, pongs) wait for the writer past this
+# backlog, so a client that floods is paced by how fast it reads, not disconnected.
+REPLY_BACKLOG = 64
+REPLY_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +201,12 @@ async def _read(svc: Services, principal: Principal, subscription: Subscription,
                 room: str | None) -> Closing:
     max_bytes = svc.settings.max_message_bytes
     while True:
+        if subscription.backlog > REPLY_BACKLOG:
+            try:
+                async with asyncio.timeout(REPLY_WAIT_S):
+                    await subscription.drained()
+            except TimeoutError:
+                return Closing(Close.TRY_AGAIN_LATER, "not reading replies: slow consumer")
         data = await websocket.receive()
         if len(data) > max_bytes:
             return Closing(Close.TOO_BIG, f"messages are limited to {max_bytes} bytes")

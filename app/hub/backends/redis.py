@@ -13,7 +13,7 @@ import logging
 import random
 import secrets
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio import ConnectionError as RedisConnectionError
@@ -216,7 +216,8 @@ class RedisBackend:
                 if pubsub is None or not await confirmed:
                     raise RedisConnectionError("pub/sub connection lost during subscribe")
                 # Read after the confirmation: later publishes have larger seqs and arrive live.
-                epoch, seq = await self._client.hmget(self._clock, ["epoch", "seq"])
+                reply = await self._client.hmget(self._clock, ["epoch", "seq"])
+                epoch, seq = cast(list[str | None], reply)
             if generation != self._generation:
                 raise RedisConnectionError("pub/sub reconnected during subscribe")
             if epoch != self._epoch:
@@ -312,7 +313,7 @@ class RedisBackend:
     async def _presence_call(self, channel: str, op: str, user: str, connection: str = "",
                              client: Any = None) -> Any:
         keys = [self._key("p", channel), self._key("pu", channel)]
-        args = [op, user, connection, int(self._presence_ttl_s * 1000)]
+        args: list[str | int] = [op, user, connection, int(self._presence_ttl_s * 1000)]
         with _unavailable():
             return await self._presence(keys=keys, args=args, client=client)
 
@@ -327,8 +328,7 @@ class RedisBackend:
 
     async def redeem_ticket(self, ticket: str) -> str | None:
         with _unavailable():
-            payload: str | None = await self._client.getdel(self._key("t", ticket))
-        return payload
+            return cast(str | None, await self._client.getdel(self._key("t", ticket)))
 
     async def ping(self) -> bool:
         try:
@@ -351,7 +351,8 @@ class RedisBackend:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.warning("redis pub/sub connection lost (%r); reconnecting", exc)
+                log.warning("redis pub/sub connection lost (%s: %s); reconnecting",
+                            type(exc).__name__, exc)
             except Exception:
                 log.exception("redis listener failed; reconnecting")
             finally:
@@ -362,7 +363,7 @@ class RedisBackend:
                     if not confirmed.done():
                         confirmed.set_result(False)
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             delay = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**failures)
             failures += 1
             await asyncio.sleep(random.uniform(delay / 2, delay))  # jitter: processes spread out
@@ -370,7 +371,7 @@ class RedisBackend:
     async def _resubscribe(self, pubsub: PubSub) -> None:
         """Subscribes the channels again, then delivers what they missed before any live one."""
         channels = [c for c in self._last if c not in self._pending]
-        await pubsub.connect()
+        await pubsub.connect()  # type: ignore[no-untyped-call]  # even with no channel yet
         held: list[dict[str, Any]] = []
         if channels:
             waiting = {self._topic(c) for c in channels}
@@ -393,7 +394,7 @@ class RedisBackend:
 
     async def _catch_up(self, channels: list[str]) -> None:
         """Delivers, in seq order, what the streams got after the last seq delivered per channel."""
-        epoch = await self._client.hget(self._clock, "epoch")
+        epoch = cast(str | None, await self._client.hget(self._clock, "epoch"))
         if epoch != self._epoch:
             self._adopt_epoch(epoch)  # e.g. Redis restarted empty: all of the new epoch is missed
         async with self._client.pipeline(transaction=False) as pipe:
