@@ -92,7 +92,7 @@ class Authenticator:
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and key errors from odd headers
             raise Unauthorized(f"invalid token: {exc}") from None
         return Principal.from_claims(claims)
 

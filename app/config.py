@@ -21,6 +21,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _port(env: Mapping[str, str]) -> int:
+    port = _int(env, "PORT", 8000, minimum=0)
+    if port > 65535:
+        raise ValueError(f"PORT must be at most 65535, got {port}")
+    return port
+
+
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -49,6 +56,16 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MIN_SECRET_BYTES = 32
+
+
+def _check_public_key(pem: str) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        load_pem_public_key(pem.encode())
+    except ValueError:
+        raise ValueError("JWT_PUBLIC_KEY must be a PEM public key (BEGIN PUBLIC KEY)") from None
 _ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
 
 
@@ -92,11 +109,16 @@ class Settings:
         algorithms = _list(env, "JWT_ALGORITHMS") or (
             ("RS256", "ES256") if public_key else ("HS256",)
         )
-        if public_key and not any(a in _ASYMMETRIC for a in algorithms):
-            raise ValueError("JWT_ALGORITHMS must name an asymmetric algorithm with JWT_PUBLIC_KEY")
+        if public_key and not all(a in _ASYMMETRIC for a in algorithms):
+            raise ValueError("JWT_ALGORITHMS must name only asymmetric algorithms with JWT_PUBLIC_KEY")
+        if public_key:
+            _check_public_key(public_key)
         unknown = [a for a in algorithms if a not in _ASYMMETRIC + ("HS256", "HS384", "HS512")]
         if unknown:
             raise ValueError(f"JWT_ALGORITHMS has unknown algorithm(s): {', '.join(unknown)}")
+        if secret and len(secret.encode()) < _MIN_SECRET_BYTES:
+            # RFC 7518 §3.2: an HS256 key must have at least 256 bits.
+            raise ValueError(f"JWT_SECRET must be at least {_MIN_SECRET_BYTES} bytes long")
         ephemeral = not secret and not public_key
         if ephemeral:
             secret = secrets.token_urlsafe(32)
@@ -111,7 +133,7 @@ class Settings:
         if level not in _LOG_LEVELS:
             raise ValueError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")
         return cls(
-            port=_int(env, "PORT", 8000, minimum=0),
+            port=_port(env),
             jwt_secret=secret,
             jwt_public_key=public_key,
             jwt_algorithms=algorithms,

@@ -6,7 +6,7 @@ import logging
 import re
 from dataclasses import dataclass, fields
 
-_SECRET_PARAMS = re.compile(r"([?&](?:token|ticket)=)[^&\s\"]*")
+_SECRET_PARAMS = re.compile(r"(\b(?:token|ticket)=)[^&\s\"']*")
 
 
 def redact(text: str) -> str:
@@ -18,11 +18,12 @@ class RedactingFilter(logging.Filter):
     """Redacts tokens and tickets from every record, whoever logs it (access log included)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.msg = record.getMessage()
-            record.args = None
-        if isinstance(record.msg, str) and ("token=" in record.msg or "ticket=" in record.msg):
-            record.msg = redact(record.msg)
+        try:
+            message = record.getMessage()
+        except Exception:  # mismatched arguments: logging would report it; do not raise here
+            message = f"{record.msg} {record.args!r}"
+        if "token=" in message or "ticket=" in message:
+            record.msg, record.args = redact(message), None
         return True
 
 

@@ -98,15 +98,21 @@ class Hub:
                 added.append(channel)
             history: History | None = None
             if parsed is not None:
-                history = await self.backend.history(
-                    subscription.channels, parsed, self._history_size
-                )
+                history = await self._replayable(subscription.channels, parsed)
             subscription.replay(history)
             yield subscription
         finally:
             subscription.close()
             for channel in added:
                 await self._remove(channel, subscription)
+
+    async def _replayable(self, channels: tuple[str, ...], cursor: Cursor) -> History:
+        """Everything retained after ``cursor``; more than the channels can hold means a gap."""
+        limit = self._history_size * len(channels)
+        history = await self.backend.history(channels, cursor, limit + 1)
+        if history.recovered and len(history.messages) > limit:
+            return History(history.messages[:limit], recovered=False)
+        return history
 
     async def _add(self, channel: str, subscription: Subscription) -> None:
         subscribers = self._subscribers.get(channel)

@@ -44,7 +44,8 @@ def format_id(epoch: str, seq: int) -> str:
 
 def with_id(message_id: str, body_json: str) -> str:
     """Splices ``"id"`` in as the first field of an encoded body (``{...}``)."""
-    return f'{{"id":"{message_id}",{body_json[1:]}'
+    rest = body_json[1:]
+    return f'{{"id":"{message_id}"{"," if rest != "}" else ""}{rest}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class Cursor:
         if raw is None or raw == "":
             return None
         epoch, _, seq = raw.rpartition("-")
-        if not epoch or not seq.isdigit() or len(seq) > 19:
+        if not epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 19:
             return cls(epoch="?", seq=0)
         return cls(epoch=epoch, seq=int(seq))
 

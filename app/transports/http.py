@@ -57,7 +57,9 @@ async def get_messages(room: str) -> Response:
     principal = await _principal(svc)
     principal.require_room(room)
     raw_limit = request.args.get("limit", str(DEFAULT_HISTORY_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= svc.settings.history_size:
+    # isascii() and the length: str.isdigit() also accepts "²" and 5000 digits, which int() refuses.
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9) \
+            or not 1 <= int(raw_limit) <= svc.settings.history_size:
         raise BadRequest(f"limit must be an integer from 1 to {svc.settings.history_size}")
     try:
         history = await svc.hub.backend.history(

@@ -34,12 +34,21 @@ def _loads(data: str | bytes) -> Any:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
+def _unicode(value: str, name: str) -> str:
+    """Refuses lone surrogates: JSON allows them, UTF-8 (every wire we write) does not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"'{name}' must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
 def valid_text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadRequest("'text' must be a non-empty string")
     if "\x00" in value:
         raise BadRequest("'text' must not contain NUL characters")
-    return value
+    return _unicode(value, "text")
 
 
 def parse_frame(data: str | bytes) -> ClientFrame:
@@ -52,6 +61,8 @@ def parse_frame(data: str | bytes) -> ClientFrame:
         ref = value.get("ref")
         if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_LENGTH):
             raise BadRequest(f"'ref' must be a string of at most {MAX_REF_LENGTH} characters")
+        if ref is not None:
+            _unicode(ref, "ref")
         return ClientFrame("chat", text=valid_text(value.get("text")), ref=ref)
     if kind == "ping":
         return ClientFrame("ping")
@@ -59,7 +70,7 @@ def parse_frame(data: str | bytes) -> ClientFrame:
         token = value.get("token")
         if not isinstance(token, str) or not token:
             raise BadRequest("'token' must be a non-empty string")
-        return ClientFrame("auth", token=token)
+        return ClientFrame("auth", token=_unicode(token, "token"))
     if not isinstance(kind, str):
         raise BadRequest("a frame must be a JSON object with a string 'type'")
     raise BadRequest(f"unknown type {kind[:40]!r}: expected 'chat' or 'ping'")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 SUBSCRIBE_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 2.0
-IDLE_PING_S = 10.0  # a silent pub/sub connection is pinged, and dropped after 3 silent periods
+IDLE_PING_S = 10.0  # an idle pub/sub connection is pinged; no reply in as long again drops it
 # Per-channel counters outlive the stream, so a client back after the stream expired is told.
 META_EXTRA_TTL_S = 7 * 24 * 3600.0
 
@@ -145,7 +145,7 @@ class RedisBackend:
         common: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=2.0, **tls)
         # from_url has no retries: commands ride out a blip, then fail within a few seconds.
         self._client = aioredis.from_url(
-            url, socket_timeout=5.0, retry=Retry(ExponentialWithJitterBackoff(1.0, 0.05), 3),
+            url, socket_timeout=5.0, retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError], **common)
         # No retries here on purpose: a silent reconnect inside redis-py would skip the catch-up.
         name = "".join(c if "!" <= c <= "~" else "_" for c in f"{prefix}listener")
@@ -189,8 +189,9 @@ class RedisBackend:
         self._closed = True
         self._deliver = None
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            while not task.done():  # asyncio.wait_for in Python 3.11 can swallow a cancel
+                task.cancel()
+                await asyncio.wait([task], timeout=0.1)
         await self._pubsub_client.aclose()
         await self._client.aclose()
 
@@ -411,7 +412,7 @@ class RedisBackend:
             reply = await pubsub.get_message(timeout=IDLE_PING_S)
             if reply is None:
                 silent += 1
-                if silent > 3:
+                if silent > 1:
                     raise RedisConnectionError("pub/sub connection silent, PING unanswered")
                 await pubsub.ping()
                 continue
@@ -465,8 +466,10 @@ class RedisBackend:
                     for channel, user, connection in tuple(self._local_presence):
                         await self._presence_call(channel, "add", user, connection, client=pipe)
                     await pipe.execute()
-            except (RedisError, BackendUnavailable) as exc:
-                log.warning("presence refresh failed: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("presence refresh failed (%s); retrying", exc)
 
 
 def _seq(message: Message) -> int:
