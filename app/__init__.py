@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     """The app. ``handle_signals=False`` leaves SIGTERM/SIGINT alone (embedding, tests)."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
-    connection_control.install()
+    connection_control.install(websocket_compression=settings.websocket_compression)
     app = Quart(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     hub = Hub(build_backend(settings), outbox_size=settings.outbox_size,

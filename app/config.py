@@ -91,6 +91,7 @@ class Settings:
     max_connections_per_user: int = 20
     outbox_size: int = 1000
     demo_login: bool = False
+    websocket_compression: bool = False
     log_level: str = "INFO"
 
     @property
@@ -153,5 +154,6 @@ class Settings:
             max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 20, minimum=1),
             outbox_size=_int(env, "OUTBOX_SIZE", 1000, minimum=1),
             demo_login=_bool(env, "DEMO_LOGIN"),
+            websocket_compression=_bool(env, "WEBSOCKET_COMPRESSION"),
             log_level=level,
         )

@@ -225,13 +225,17 @@ async def _read(svc: Services, principal: Principal, subscription: Subscription,
 
 
 async def _write(subscription: Subscription) -> Closing:
-    """Drains the outbox to the socket; raises SlowConsumer once it overflowed."""
+    """Drains the outbox to the socket, a batch per write; raises SlowConsumer once it overflowed."""
+    control = control_of(websocket.scope)
     while True:
         batch = await subscription.next_batch()
         if not batch:
             return Closing(Close.SERVICE_RESTART, "server restarting")
-        for message in batch:
-            await websocket.send(message.json)
+        if control is not None:
+            await control.send_texts([message.json for message in batch])
+        else:
+            for message in batch:
+                await websocket.send(message.json)
 
 
 async def _forever() -> NoReturn:

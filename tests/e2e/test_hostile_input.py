@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, ServerFactory
 from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
 
 BAD_FRAMES = [
@@ -77,7 +77,8 @@ async def test_crlf_in_text_cannot_inject_sse_fields(live_server: LiveServer) ->
         assert not any(line.startswith("event:") for line in sse.raw)
 
 
-async def test_burst_of_tiny_frames_does_not_disturb_others(live_server: LiveServer) -> None:
+async def test_burst_of_tiny_frames_does_not_disturb_others(server_factory: ServerFactory) -> None:
+    live_server = await server_factory({"RATE_LIMIT_PER_SECOND": "0.001"})  # no refill mid-burst
     token = live_server.token("flooder")
     async with ws_connect(f"{live_server.ws_url}/ws/chat?room=lobby&token={token}") as ws:
         assert (await recv_json(ws))["type"] == "welcome"
