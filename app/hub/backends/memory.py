@@ -80,22 +80,19 @@ class MemoryBackend:
 
     async def history(self, channels: Sequence[str], after: Cursor | None, limit: int) -> History:
         cutoff = time.monotonic() - self._history_ttl_s
-        recovered = after is None or after.epoch == self.epoch
-        per_channel: list[list[Message]] = []
-        for channel in channels:
-            history = self._histories.get(channel)
-            if history is None:
-                continue
+        histories = [h for h in map(self._histories.get, channels) if h is not None]
+        for history in histories:
             history.expire(cutoff)
-            if after is not None and after.seq < history.dropped_upto:
-                recovered = False
-            after_seq = after.seq if after is not None and recovered else 0
-            per_channel.append([m for _, m in history.entries if (m.seq or 0) > after_seq])
+        recovered = after is None or (
+            after.epoch == self.epoch and all(after.seq >= h.dropped_upto for h in histories)
+        )
+        # A stale cursor gets what is retained from the start; the caller resyncs.
+        after_seq = after.seq if after is not None and recovered else 0
+        per_channel = [[m for _, m in h.entries if (m.seq or 0) > after_seq] for h in histories]
         merged = list(heapq.merge(*per_channel, key=lambda m: m.seq or 0))
-        if after is not None and not recovered:
-            # Stale cursor: the caller resyncs; hand back what is retained from the start.
-            return History(merged[:limit], recovered=False)
-        return History(merged[:limit] if after is not None else merged[-limit:], recovered=True)
+        if after is None:
+            return History(merged[max(len(merged) - limit, 0):] if limit > 0 else [], recovered=True)
+        return History(merged[:limit], recovered=recovered)
 
     async def presence_add(self, channel: str, user: str, connection: str) -> bool:
         users = self._presence.setdefault(channel, {})

@@ -1,7 +1,7 @@
 """The Redis backend: many processes act as one hub (ids, history, presence, limits, tickets).
 
-Owns one command client and one pub/sub connection per process. Divergence from
-``memory``: HISTORY_TTL expires a channel's whole stream after it went quiet.
+Owns one command client and one supervised pub/sub connection per process. Divergence
+from ``memory``: HISTORY_TTL expires a channel's whole stream once it was quiet that long.
 """
 
 from __future__ import annotations
@@ -134,6 +134,12 @@ def _unavailable() -> Iterator[None]:
 
 
 class RedisBackend:
+    """Backend on one Redis shared by every process; every key and topic is under ``prefix``.
+
+    Keys: clock {epoch, seq}; h:CH stream; m:CH {epoch, last, dropped}; p:CH, pu:CH presence;
+    tb:KEY token bucket; t:TICKET. Pub/sub topic: c:CH.
+    """
+
     name = "redis"
 
     def __init__(self, url: str, prefix: str = "hubbub:", history_size: int = 1000,
