@@ -13,8 +13,8 @@ from typing import Any
 import jwt
 
 from app.config import Settings
-from app.errors import Forbidden, Unauthorized
-from app.hub.backends.base import Backend
+from app.errors import Forbidden, Unauthorized, Unavailable
+from app.hub.backends.base import Backend, BackendUnavailable
 
 TICKET_TTL_S = 30
 AUTH_FRAME_TIMEOUT_S = 10.0
@@ -131,7 +131,10 @@ async def issue_ticket(backend: Backend, principal: Principal) -> str:
 async def redeem_ticket(backend: Backend, ticket: str) -> Principal:
     if len(ticket) > 100:
         raise Unauthorized("invalid ticket")
-    payload = await backend.redeem_ticket(f"ticket:{ticket}")
+    try:
+        payload = await backend.redeem_ticket(f"ticket:{ticket}")
+    except BackendUnavailable:
+        raise Unavailable("the ticket store is unreachable", retry_after=2) from None
     if payload is None:
         raise Unauthorized("ticket unknown, used or expired")
     principal = Principal.from_claims(json.loads(payload))
