@@ -21,6 +21,14 @@ AUTH_FRAME_TIMEOUT_S = 10.0
 _LEEWAY_S = 5
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     user: str
@@ -53,6 +61,8 @@ class Principal:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 128:
             raise Unauthorized("claim 'sub' must be a non-empty string of at most 128 characters")
+        if not _is_utf8(sub):  # JSON allows lone surrogates; every frame naming the user would fail
+            raise Unauthorized("claim 'sub' must be valid Unicode")
         scope = claims.get("scope") or ""
         if not isinstance(scope, str):
             raise Unauthorized("claim 'scope' must be a space-separated string")

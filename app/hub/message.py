@@ -19,8 +19,17 @@ STAMPED_FIELDS = ("id", "channel", "sender", "timestamp")
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON; non-ASCII kept as is (SSE and WebSocket text are UTF-8)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """Compact JSON; non-ASCII kept as is (SSE and WebSocket text are UTF-8).
+
+    Lone surrogates (valid in Python strings, not in UTF-8) are escaped instead, so
+    server-side data can never produce a frame that fails to encode for every subscriber.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text
 
 
 def timestamp_now() -> str:

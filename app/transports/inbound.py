@@ -106,4 +106,6 @@ def json_object(content_type: str, body: bytes) -> dict[str, Any]:
     value = _loads(body)
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object")
+    # Any string in it may be relayed whole (notification data), so check them all at once.
+    _unicode(json.dumps(value, ensure_ascii=False), "the body")
     return value

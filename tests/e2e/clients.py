@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Response
 
 TIMEOUT_S = 5.0
 
@@ -50,21 +52,40 @@ class SSEEvent:
         return json.loads(self.data)  # type: ignore[no-any-return]
 
 
-@dataclass
 class SSEStream:
-    """Parses text/event-stream as it arrives; comments are counted, not returned."""
+    """Parses text/event-stream as it arrives; comments are counted, not returned.
 
-    response: httpx.Response
-    lines: AsyncIterator[str]
-    comments: int = 0
-    raw: list[str] = field(default_factory=list)
+    A background task reads the lines, so a timed-out ``next()`` loses nothing and
+    leaves the stream usable (cancelling ``aiter_lines()`` itself would close it).
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.comments = 0
+        self.raw: list[str] = []
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for line in self.response.aiter_lines():
+                self._lines.put_nowait(line)
+        except httpx.HTTPError:
+            pass  # the connection dropped: that is an end of stream too
+        finally:
+            self._lines.put_nowait(None)
+
+    async def aclose(self) -> None:
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        await self.response.aclose()
 
     async def next(self, timeout: float = TIMEOUT_S) -> SSEEvent | None:
         """The next event, or None when the server ended the stream."""
         event: dict[str, Any] = {}
         data: list[str] = []
         async with asyncio.timeout(timeout):
-            async for line in self.lines:
+            while (line := await self._lines.get()) is not None:
                 self.raw.append(line)
                 if line == "":
                     if data:
@@ -81,6 +102,7 @@ class SSEStream:
                     event["id"] = value
                 elif name == "retry":
                     event["retry"] = int(value)
+            self._lines.put_nowait(None)  # stay ended for later calls
             return None
 
     async def next_json(self, timeout: float = TIMEOUT_S) -> dict[str, Any]:
@@ -102,7 +124,123 @@ async def sse_connect(client: httpx.AsyncClient, path: str, *,
     async with asyncio.timeout(TIMEOUT_S):
         request = client.build_request("GET", path, headers=headers, timeout=None)
         response = await client.send(request, stream=True)
+    stream = SSEStream(response)
     try:
-        yield SSEStream(response, response.aiter_lines())
+        yield stream
     finally:
-        await response.aclose()
+        await stream.aclose()
+
+
+# -- helpers added for the e2e suite ------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def ws_rejected(url: str, **kwargs: Any) -> Response:
+    """The HTTP response of a WebSocket handshake the server refused before upgrading."""
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            ws = await connect(url, **kwargs)
+    except InvalidStatus as exc:
+        return exc.response
+    async with asyncio.timeout(TIMEOUT_S):
+        await ws.close()
+    raise AssertionError(f"the WebSocket {url} was accepted")
+
+
+def body_json(response: Response) -> Any:
+    return json.loads(response.body or b"null")
+
+
+async def recv_close(ws: ClientConnection, timeout: float = TIMEOUT_S) -> tuple[int | None, str | None]:
+    """Reads (and drops) frames until the server closes; the close code and reason."""
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+    return ws.close_code, ws.close_reason
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT_S) -> None:
+    """Polls server-side state (presence, health) until ``condition`` holds, within ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await condition():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def next_line(stream: SSEStream, timeout: float = TIMEOUT_S) -> str | None:
+    """One raw line off the SSE wire (recorded in ``stream.raw``); None when it ended."""
+    async with asyncio.timeout(timeout):
+        line = await stream._lines.get()
+    if line is None:
+        stream._lines.put_nowait(None)  # stay ended for later calls
+        return None
+    stream.raw.append(line)
+    return line
+
+
+async def run_curl(*args: str, timeout: float = 10.0) -> tuple[int, bytes, bytes]:
+    """Runs curl to completion within ``timeout``: (exit status, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "--silent", "--show-error", "--noproxy", "*", "--max-time", str(timeout), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout + 2):
+            stdout, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, stdout, stderr
+
+
+@dataclass
+class CurlStream:
+    """A running ``curl -N`` whose stdout is read line by line, each read bounded."""
+
+    proc: asyncio.subprocess.Process
+
+    async def line(self, timeout: float = TIMEOUT_S) -> str | None:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            raw = await self.proc.stdout.readline()
+        return raw.decode().rstrip("\r\n") if raw else None
+
+    async def until_data(self, kind: str, timeout: float = TIMEOUT_S) -> tuple[str | None, dict[str, Any]]:
+        """Reads lines until a ``data:`` line of type ``kind``: (the id line before it, the JSON)."""
+        last_id: str | None = None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.line(timeout)
+                assert line is not None, "curl's stream ended"
+                if line.startswith("id:"):
+                    last_id = line[3:].strip()
+                elif line.startswith("data:"):
+                    frame = json.loads(line[5:])
+                    if frame.get("type") == kind:
+                        return last_id, frame
+                elif line == "":
+                    last_id = None
+
+
+@asynccontextmanager
+async def curl_stream(*args: str, max_time: float = 20.0) -> AsyncIterator[CurlStream]:
+    """``curl -N`` as a subprocess; killed and reaped on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "--silent", "--show-error", "--noproxy", "*", "-N", "--max-time", str(max_time), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield CurlStream(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        async with asyncio.timeout(TIMEOUT_S):
+            await proc.wait()
