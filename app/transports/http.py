@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from app.auth import Principal, issue_ticket
-from app.errors import BadRequest, Forbidden, TooLarge, Unavailable
+from app.errors import BadRequest, Forbidden, TooLarge, Unauthorized, Unavailable
 from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import room_channel
 from app.hub.message import Cursor, dumps
@@ -115,6 +115,9 @@ async def post_notification() -> Response:
 async def post_ticket() -> Response:
     svc = services()
     principal = await _principal(svc)
+    left = principal.seconds_left()
+    if left is not None and left <= 0:  # within the verify leeway, but its ticket would be refused
+        raise Unauthorized("token expired")
     try:
         ticket = await issue_ticket(svc.hub.backend, principal)
     except BackendUnavailable:

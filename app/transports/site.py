@@ -46,7 +46,7 @@ async def static_file(filename: str) -> Response:
 @bp.get("/healthz")
 async def healthz() -> Response:
     svc = services()
-    ok = await svc.hub.backend.ping()
+    ok = await svc.hub.backend.ping() and not svc.draining  # draining: take me out of rotation
     body = {"status": "ok" if ok else "unavailable", "backend": svc.hub.backend.name,
             "connections": svc.connections.total(), "draining": svc.draining}
     response = Response(dumps(body), status=200 if ok else 503, content_type="application/json")

@@ -64,6 +64,8 @@ async def echo() -> None:
 @bp.websocket("/ws/chat")
 async def chat() -> Response | None:
     svc = services()
+    if svc.draining:
+        return await _refuse_while_draining()
     try:
         room = valid_room(websocket.args.get("room"))
         check_origin(svc.settings, websocket.headers, websocket.host)
@@ -80,6 +82,8 @@ async def chat() -> Response | None:
 @bp.websocket("/ws/notifications")
 async def notifications() -> Response | None:
     svc = services()
+    if svc.draining:
+        return await _refuse_while_draining()
     try:
         check_origin(svc.settings, websocket.headers, websocket.host)
         principal = await _principal_before_accept(svc)
@@ -89,6 +93,12 @@ async def notifications() -> Response | None:
         return error.response()
     await _serve(svc, principal, None, None)
     return None
+
+
+async def _refuse_while_draining() -> None:
+    """Accept-then-1012 rather than an HTTP 503: browsers only see a code after an accept."""
+    await websocket.accept()
+    await _close(Closing(Close.SERVICE_RESTART, "server restarting: reconnect shortly"))
 
 
 async def _principal_before_accept(svc: Services) -> Principal | None:
