@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
@@ -19,7 +18,7 @@ from app.hub.backends.base import Backend
 from app.hub.backends.memory import MemoryBackend
 from app.hub.hub import Hub
 from app.hub.message import dumps
-from app.lifecycle import install_drain_on_signals
+from app.lifecycle import install_drain_on_signals, warn_if_hub_split
 from app.limits import ConnectionLimiter
 from app.observability import configure_logging
 from app.transports import connection_control, http, site, sse, websocket
@@ -28,7 +27,6 @@ from app.transports.common import Services, origin_allowed
 __all__ = ["create_app", "Hub"]
 
 log = logging.getLogger("app")
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def build_backend(settings: Settings) -> Backend:
@@ -45,8 +43,9 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     """The app. ``handle_signals=False`` leaves SIGTERM/SIGINT alone (embedding, tests)."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
+    warn_if_hub_split(settings.redis_url)
     connection_control.install(websocket_compression=settings.websocket_compression)
-    app = Quart(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app = Quart(__name__, static_folder=None)  # static files: app/transports/site.py
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     hub = Hub(build_backend(settings), outbox_size=settings.outbox_size,
               history_size=settings.history_size)

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from app.hub.backends.base import Backend
-from app.hub.message import Cursor, History, Message, dumps, encode_body
+from app.hub.message import Cursor, History, Message, encode_body, presence_frame
 from app.hub.subscription import Subscription
 
 log = logging.getLogger(__name__)
@@ -168,12 +168,12 @@ class Hub:
     async def join(self, channel: str, user: str, connection_id: str) -> None:
         """Records the connection; the user's first one announces ``join`` to the room."""
         if await self.backend.presence_add(channel, user, connection_id):
-            await self.backend.publish_live(channel, _presence_frame("join", channel, user))
+            await self.backend.publish_live(channel, presence_frame("join", channel, user))
 
     async def leave(self, channel: str, user: str, connection_id: str) -> None:
         """Forgets the connection; the user's last one announces ``leave``."""
         if await self.backend.presence_remove(channel, user, connection_id):
-            await self.backend.publish_live(channel, _presence_frame("leave", channel, user))
+            await self.backend.publish_live(channel, presence_frame("leave", channel, user))
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         counts = await self.backend.presence(channel)
@@ -181,7 +181,3 @@ class Hub:
 
     def local_subscriptions(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
-
-
-def _presence_frame(kind: str, channel: str, user: str) -> str:
-    return dumps({"type": kind, "channel": channel, "sender": user})

@@ -47,6 +47,11 @@ def encode_body(channel: str, body: dict[str, Any], sender: str | None) -> str:
     return dumps(stamped)
 
 
+def presence_frame(kind: str, channel: str, user: str) -> str:
+    """A live-only ``join`` or ``leave`` frame."""
+    return dumps({"type": kind, "channel": channel, "sender": user})
+
+
 def format_id(epoch: str, seq: int) -> str:
     return f"{epoch}-{seq}"
 

@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from app.hub.backends.base import BackendUnavailable, Deliver
-from app.hub.message import Cursor, History, Message, format_id, with_id
+from app.hub.message import Cursor, History, Message, format_id, presence_frame, with_id
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,13 @@ META_EXTRA_TTL_S = 7 * 24 * 3600.0
 
 # Assigns the id (epoch created once in KEYS[1], one global seq), appends, trims, publishes.
 # Wire: 'm' json ['\n' origin] (compact JSON has no raw newline); live frames: 'l' json.
+# KEYS[4] makes it idempotent: a retry after a lost reply returns the first run's id.
 _PUBLISH_LUA = r"""
+local done = redis.call('GET', KEYS[4])
+if done then
+  local e, s = string.match(done, '^(.*)-(%d+)$')
+  return {e, tonumber(s)}
+end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
@@ -64,11 +70,18 @@ redis.call('HSET', KEYS[3], 'last', seq)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
 redis.call('PUBLISH', ARGV[6], wire)
+redis.call('SET', KEYS[4], epoch .. '-' .. seq, 'PX', 60000)
 return {epoch, seq}
 """
 
 # Presence of one channel: KEYS[1] zset "len:user..connection" -> deadline, KEYS[2] user -> count.
+# Returns {result, users whose last connection expired}; KEYS[3] (if given) makes add/remove
+# idempotent, so a retry after a lost reply still reports the first run's first/last.
 _PRESENCE_LUA = """
+if KEYS[3] then
+  local done = redis.call('GET', KEYS[3])
+  if done then return {tonumber(done), {}} end
+end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local function user_of(m)
@@ -82,24 +95,29 @@ local function leave(user)
   end
   return 0
 end
+local gone = {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, m in ipairs(expired) do leave(user_of(m)) end
+for _, m in ipairs(expired) do
+  local u = user_of(m)
+  if leave(u) == 1 then gone[#gone + 1] = u end
+end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
 local op, user = ARGV[1], ARGV[2]
 local member = #user .. ':' .. user .. (ARGV[3] or '')
+local result = 0
 if op == 'add' then
-  local first = 0
   if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), member) == 1 then
-    if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then first = 1 end
+    if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then result = 1 end
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  return first
 elseif op == 'remove' then
-  if redis.call('ZREM', KEYS[1], member) == 1 then return leave(user) end
-  return 0
+  if redis.call('ZREM', KEYS[1], member) == 1 then result = leave(user) end
+else
+  return {redis.call('HGETALL', KEYS[2]), gone}
 end
-return redis.call('HGETALL', KEYS[2])
+if KEYS[3] then redis.call('SET', KEYS[3], result, 'PX', 60000) end
+return {result, gone}
 """
 
 # Token bucket {tokens, ts} on the server's clock; returns the wait as a string (Lua ints truncate).
@@ -250,7 +268,9 @@ class RedisBackend:
             log.debug("unsubscribe of %r not sent; the reconnect leaves it out", channel)
 
     async def publish(self, channel: str, body_json: str, origin: str | None = None) -> Message:
-        keys = [self._clock, self._key("h", channel), self._key("m", channel)]
+        # The once-key is fixed per call: redis-py's retry re-sends the same arguments.
+        keys = [self._clock, self._key("h", channel), self._key("m", channel),
+                self._key("once", secrets.token_hex(8))]
         args: list[str | int] = [secrets.token_hex(4), body_json, self._size, self._ttl_ms,
                                  self._meta_ttl_ms, self._topic(channel)]
         if origin is not None:
@@ -304,25 +324,38 @@ class RedisBackend:
         entry = (channel, user, connection)
         self._local_presence.add(entry)  # from now on renewed by _refresh_presence
         try:
-            return bool(await self._presence_call(channel, "add", user, connection))
+            return bool(await self._presence_call(channel, "add", user, connection, once=True))
         except BackendUnavailable:
             self._local_presence.discard(entry)
             raise
 
     async def presence_remove(self, channel: str, user: str, connection: str) -> bool:
         self._local_presence.discard((channel, user, connection))
-        return bool(await self._presence_call(channel, "remove", user, connection))
+        return bool(await self._presence_call(channel, "remove", user, connection, once=True))
 
     async def presence(self, channel: str) -> dict[str, int]:
         flat = await self._presence_call(channel, "list", "")
         return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
-    async def _presence_call(self, channel: str, op: str, user: str, connection: str = "",
-                             client: Any = None) -> Any:
+    def _presence_args(self, channel: str, op: str, user: str, connection: str,
+                       once: bool) -> tuple[list[str], list[str | int]]:
         keys = [self._key("p", channel), self._key("pu", channel)]
-        args: list[str | int] = [op, user, connection, int(self._presence_ttl_s * 1000)]
+        if once:
+            keys.append(self._key("once", secrets.token_hex(8)))
+        return keys, [op, user, connection, int(self._presence_ttl_s * 1000)]
+
+    async def _presence_call(self, channel: str, op: str, user: str, connection: str = "",
+                             once: bool = False) -> Any:
+        keys, args = self._presence_args(channel, op, user, connection, once)
         with _unavailable():
-            return await self._presence(keys=keys, args=args, client=client)
+            result, gone = await self._presence(keys=keys, args=args)
+        await self._announce_expired(channel, gone)
+        return result
+
+    async def _announce_expired(self, channel: str, users: list[str]) -> None:
+        """Users whose last connection expired (their process died): they left."""
+        for user in users:
+            await self.publish_live(channel, presence_frame("leave", channel, user))
 
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
         with _unavailable():
@@ -468,10 +501,14 @@ class RedisBackend:
         while True:
             await asyncio.sleep(self._presence_ttl_s / 3)
             try:
+                entries = tuple(self._local_presence)
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for channel, user, connection in tuple(self._local_presence):
-                        await self._presence_call(channel, "add", user, connection, client=pipe)
-                    await pipe.execute()
+                    for channel, user, connection in entries:
+                        keys, args = self._presence_args(channel, "add", user, connection, False)
+                        await self._presence(keys=keys, args=args, client=pipe)
+                    replies = await pipe.execute()
+                for (channel, _, _), (_, gone) in zip(entries, replies, strict=True):
+                    await self._announce_expired(channel, gone)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
