@@ -21,7 +21,7 @@ run: setup
 	$(BIN)/hypercorn --bind $(HOST):$(PORT) --worker-class uvloop 'app:create_app()'
 
 test: setup
-	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff check app tests $(wildcard bench)
 	$(BIN)/pytest
 	@if [ -d tests/js ]; then node --test tests/js/; fi
 
@@ -30,7 +30,7 @@ test-fast: setup
 	$(BIN)/pytest tests/unit tests/backends -q
 
 lint: setup
-	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff check app tests $(wildcard bench)
 	$(BIN)/mypy app
 
 bench: setup
