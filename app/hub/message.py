@@ -14,6 +14,8 @@ from typing import Any
 
 from sse_starlette.event import ServerSentEvent
 
+from app.hub.wire import http_chunk, websocket_text_frame
+
 # Fields the hub owns; a client's values for them are overwritten.
 STAMPED_FIELDS = ("id", "channel", "sender", "timestamp")
 
@@ -86,7 +88,7 @@ class Cursor:
 class Message:
     """One message as delivered. ``seq`` is None for live-only frames (join, leave)."""
 
-    __slots__ = ("channel", "json", "seq", "epoch", "origin", "_sse")
+    __slots__ = ("channel", "json", "seq", "epoch", "origin", "_sse", "_ws_frame", "_sse_chunk")
 
     def __init__(
         self, channel: str, json_text: str, seq: int | None = None, epoch: str = "",
@@ -98,6 +100,8 @@ class Message:
         self.epoch = epoch
         self.origin = origin  # the publishing connection, skipped on delivery; None: nobody
         self._sse: bytes | None = None
+        self._ws_frame: bytes | None = None
+        self._sse_chunk: bytes | None = None
 
     @property
     def id(self) -> str | None:
@@ -109,6 +113,20 @@ class Message:
         if self._sse is None:
             self._sse = ServerSentEvent(self.json, id=self.id, sep="\n").encode()
         return self._sse
+
+    @property
+    def ws_frame(self) -> bytes:
+        """The complete WebSocket text frame (no extension negotiated)."""
+        if self._ws_frame is None:
+            self._ws_frame = websocket_text_frame(self.json.encode())
+        return self._ws_frame
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """The SSE frame as one chunk of a chunked HTTP/1.1 body."""
+        if self._sse_chunk is None:
+            self._sse_chunk = http_chunk(self.sse)
+        return self._sse_chunk
 
     def __repr__(self) -> str:
         return f"Message({self.channel!r}, id={self.id!r}, {self.json[:60]!r})"

@@ -23,6 +23,7 @@ class Subscription:
     __slots__ = (
         "channels", "connection_id", "recovered", "_outbox", "_maxsize",
         "_wakeup", "_drained", "_held", "_epoch", "_last_seq", "overflowed", "closed", "on_overflow",
+        "write_now",
     )
 
     def __init__(self, channels: tuple[str, ...], connection_id: str, maxsize: int) -> None:
@@ -40,6 +41,9 @@ class Subscription:
         self.closed = False
         # Set by the transport: ends a connection whose writer is stuck on a peer that stopped reading.
         self.on_overflow: Callable[[], None] | None = None
+        # Set by the transport: writes a message at once if the socket can take it (no task
+        # switch per message); returns False when it must be queued instead.
+        self.write_now: Callable[[Message], bool] | None = None
 
     @property
     def backlog(self) -> int:
@@ -98,6 +102,8 @@ class Subscription:
 
     def _append(self, message: Message) -> None:
         if self.overflowed or self.closed:
+            return
+        if not self._outbox and self.write_now is not None and self.write_now(message):
             return
         if len(self._outbox) >= self._maxsize:
             self._overflow()

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from app.hub.message import Message
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,67 @@ class ConnectionControl:
 
     def abort(self) -> None:
         """Drops the TCP connection at once, discarding unsent data."""
+        writer = self._tcp_writer()
+        if writer is not None:
+            writer.transport.abort()
+
+    def _tcp_writer(self) -> asyncio.StreamWriter | None:
         # WSStream/HTTPStream.send -> H11Protocol.stream_send; its .send -> TCPServer.protocol_send.
         protocol = getattr(self._stream.send, "__self__", None)
         tcp_server = getattr(getattr(protocol, "send", None), "__self__", None)
-        writer = getattr(tcp_server, "writer", None)
-        if writer is not None:
-            writer.transport.abort()
+        return getattr(tcp_server, "writer", None)
+
+    def direct_writer(self, encode: Callable[[Message], bytes]) -> DirectWriter | None:
+        """A writer of pre-encoded frames straight to the socket, when the wire allows it:
+        HTTP/1.1 (chunked SSE bodies) or a WebSocket with no extension negotiated."""
+        protocol = getattr(self._stream.send, "__self__", None)
+        if type(protocol).__name__ != "H11Protocol":
+            return None  # HTTP/2 streams share a connection: keep Hypercorn's framing
+        connection = getattr(self._stream, "connection", None)  # wsproto, WebSockets only
+        proto = getattr(connection, "_proto", None)
+        if proto is not None and any(e.enabled() for e in proto.extensions):
+            return None  # permessage-deflate: frames differ per connection
+        writer = self._tcp_writer()
+        return None if writer is None else DirectWriter(writer, encode)
+
+
+class DirectWriter:
+    """Writes each message's shared, pre-encoded frame to the transport without awaiting.
+
+    A message is written at once while the transport's buffer is below its high-water
+    mark (one syscall, no task switch); past it the caller queues and its writer task
+    writes the backlog in one go and awaits the drain.
+    """
+
+    __slots__ = ("_writer", "_transport", "_encode", "_high_water")
+
+    def __init__(self, writer: asyncio.StreamWriter, encode: Callable[[Message], bytes]) -> None:
+        self._writer = writer
+        self._transport = writer.transport
+        self._encode = encode
+        self._high_water = writer.transport.get_write_buffer_limits()[1]
+
+    def try_write(self, message: Message) -> bool:
+        """True when written (or the connection is gone); False: queue it."""
+        transport = self._transport
+        if transport.is_closing():
+            return True  # the peer left; its handler is being cancelled
+        if transport.get_write_buffer_size() > self._high_water:
+            return False
+        transport.write(self._encode(message))
+        return True
+
+    async def write(self, messages: Sequence[Message]) -> None:
+        if self._transport.is_closing():
+            return
+        encode = self._encode
+        self._transport.write(b"".join([encode(m) for m in messages]))
+        await self._writer.drain()
+
+    async def write_bytes(self, data: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(data)
+            await self._writer.drain()
 
 
 def control_of(scope: Mapping[str, Any]) -> ConnectionControl | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from operator import attrgetter
 from typing import Any
 
 from quart import Blueprint, Response, request
@@ -19,6 +20,7 @@ from app.errors import HubError
 from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import notification_channels, room_channel
 from app.hub.subscription import SlowConsumer
+from app.hub.wire import http_chunk
 from app.transports.common import (
     Services,
     admit,
@@ -29,12 +31,14 @@ from app.transports.common import (
     valid_room,
     welcome_frame,
 )
-from app.transports.connection_control import abort_later
+from app.transports.connection_control import abort_later, control_of
 
 bp = Blueprint("sse", __name__)
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _HEARTBEAT = ServerSentEvent(comment="", sep="\n").encode()
+_HEARTBEAT_CHUNK = http_chunk(_HEARTBEAT)
+_SSE_CHUNK = attrgetter("sse_chunk")
 OVERFLOW_GRACE_S = 1.0
 
 
@@ -103,6 +107,11 @@ async def _events(svc: Services, principal: Principal, channels: tuple[str, ...]
                    + ServerSentEvent(welcome, retry=retry_hint_ms(), sep="\n").encode())
             if room is not None:
                 await hub.join(channels[0], principal.user, connection_id)
+            # Past the first chunk, messages may go straight to the socket (see DirectWriter).
+            control = control_of(scope) if scope.get("http_version") == "1.1" else None
+            direct = control.direct_writer(_SSE_CHUNK) if control is not None else None
+            if direct is not None:
+                sub.write_now = direct.try_write
             try:
                 while True:
                     timeout = settings.heartbeat_interval_s
@@ -115,15 +124,23 @@ async def _events(svc: Services, principal: Principal, channels: tuple[str, ...]
                         async with asyncio.timeout(timeout):
                             batch = await sub.next_batch()
                     except TimeoutError:
-                        yield _HEARTBEAT
+                        if direct is not None:
+                            await direct.write_bytes(_HEARTBEAT_CHUNK)
+                        else:
+                            yield _HEARTBEAT
                         continue
                     if not batch:  # shutting down
+                        sub.write_now = None
                         yield ServerSentEvent(retry=retry_hint_ms(), sep="\n").encode()
                         return
-                    yield b"".join([message.sse for message in batch])
+                    if direct is not None:
+                        await direct.write(batch)
+                    else:
+                        yield b"".join([message.sse for message in batch])
             except SlowConsumer:
                 svc.metrics.slow_consumers += 1
             finally:
+                sub.write_now = None
                 if room is not None:
                     await hub.leave(channels[0], principal.user, connection_id)
     except BackendUnavailable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import NoReturn
 
 from quart import Blueprint, Response, websocket
@@ -29,13 +30,14 @@ from app.transports.common import (
     valid_room,
     welcome_frame,
 )
-from app.transports.connection_control import control_of
+from app.transports.connection_control import DirectWriter, control_of
 from app.transports.inbound import parse_frame
 
 log = logging.getLogger(__name__)
 bp = Blueprint("websocket", __name__)
 
 _PONG = '{"type":"pong"}'
+_WS_FRAME = attrgetter("ws_frame")
 CLOSE_GRACE_S = 2.0
 # Replies to a client's own frames (acks, errors, pongs) wait for the writer past this
 # backlog, so a client that floods is paced by how fast it reads, not disconnected.
@@ -178,7 +180,11 @@ async def _run(svc: Services, principal: Principal, subscription: Subscription,
     channel = subscription.channels[0]
     if room is not None:
         await svc.hub.join(channel, principal.user, subscription.connection_id)
-    writer = asyncio.ensure_future(_write(subscription))
+    control = control_of(websocket.scope)
+    direct = control.direct_writer(_WS_FRAME) if control is not None else None
+    if direct is not None:
+        subscription.write_now = direct.try_write
+    writer = asyncio.ensure_future(_write(subscription, direct))
     # A writer stuck on a peer that stopped reading cannot see the overflow: cancel it.
     subscription.on_overflow = writer.cancel
     tasks = [
@@ -199,7 +205,7 @@ async def _run(svc: Services, principal: Principal, subscription: Subscription,
             return Closing(Close.INTERNAL_ERROR, "internal error")
         return task.result()
     finally:
-        subscription.on_overflow = None
+        subscription.on_overflow = subscription.write_now = None  # nothing after the close frame
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -234,14 +240,16 @@ async def _read(svc: Services, principal: Principal, subscription: Subscription,
             subscription.send_frame(error.frame())
 
 
-async def _write(subscription: Subscription) -> Closing:
+async def _write(subscription: Subscription, direct: DirectWriter | None) -> Closing:
     """Drains the outbox to the socket, a batch per write; raises SlowConsumer once it overflowed."""
     control = control_of(websocket.scope)
     while True:
         batch = await subscription.next_batch()
         if not batch:
             return Closing(Close.SERVICE_RESTART, "server restarting")
-        if control is not None:
+        if direct is not None:
+            await direct.write(batch)
+        elif control is not None:
             await control.send_texts([message.json for message in batch])
         else:
             for message in batch:

@@ -47,6 +47,8 @@ async def test_two_pages_in_one_room_chat_both_ways(demo_server: LiveServer, pag
 
     bob = await pages.open(demo_server, "bob", hash_room="lobby", setup=watch)
     await expect(bob.locator("#room-name")).to_have_text("#lobby")
+    await expect(bob.locator("#state")).to_have_text("open")
+    await expect(bob.locator("#inbox-state")).to_have_text("open")  # both sockets opened
     # Tokens stay out of URLs: the client trades them for single-use tickets.
     sockets = [url for url in urls if url.startswith("ws://")]
     assert any("/ws/chat?room=lobby&ticket=" in url for url in sockets), sockets
