@@ -10,7 +10,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import NoReturn
 
 from quart import Blueprint, Response, websocket
 
@@ -190,8 +189,7 @@ async def _run(svc: Services, principal: Principal, subscription: Subscription,
     tasks = [
         writer,
         asyncio.ensure_future(_read(svc, principal, subscription, room)),
-        asyncio.ensure_future(_expire(principal)),
-        asyncio.ensure_future(_keepalive(svc)),
+        asyncio.ensure_future(_watch(svc, principal)),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -256,27 +254,18 @@ async def _write(subscription: Subscription, direct: DirectWriter | None) -> Clo
                 await websocket.send(message.json)
 
 
-async def _forever() -> NoReturn:
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
-
-
-async def _expire(principal: Principal) -> Closing:
-    left = principal.seconds_left()
-    if left is None:
-        await _forever()
-    await asyncio.sleep(max(0.0, left))
-    return Closing(Close.UNAUTHORIZED, "token expired")
-
-
-async def _keepalive(svc: Services) -> Closing:
-    """Pings every HEARTBEAT_INTERVAL; a peer silent (pongs included) for IDLE_TIMEOUT is closed."""
-    control = control_of(websocket.scope)
-    if control is None:  # not under Hypercorn: nothing to ping with
-        await _forever()
+async def _watch(svc: Services, principal: Principal) -> Closing:
+    """One timer per connection: pings every HEARTBEAT_INTERVAL, closes a peer silent (pongs
+    included) for IDLE_TIMEOUT, and closes with 4401 when the token expires."""
+    control = control_of(websocket.scope)  # None under another server: no pings, no idle check
     interval, idle_limit = svc.settings.heartbeat_interval_s, svc.settings.idle_timeout_s
     while True:
-        await asyncio.sleep(min(interval, idle_limit))
+        left = principal.seconds_left()
+        if left is not None and left <= 0:
+            return Closing(Close.UNAUTHORIZED, "token expired")
+        await asyncio.sleep(min(interval, idle_limit) if left is None else min(interval, idle_limit, left))
+        if control is None or (left is not None and left <= interval):
+            continue  # expiry (or nothing to ping with) is decided at the top
         if control.idle_for() > idle_limit:
             return Closing(Close.TRY_AGAIN_LATER, f"nothing received for {idle_limit:.0f} s")
         try:
