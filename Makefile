@@ -22,6 +22,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check app tests $(wildcard bench)
+	$(BIN)/mypy app
 	$(BIN)/pytest
 	@if [ -d tests/js ]; then node --test tests/js/; fi
 

@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -124,8 +124,14 @@ class Authenticator:
         return jwt.encode(claims, self._settings.jwt_secret, algorithm=algorithm)
 
 
-def bearer_token(headers: Mapping[str, str]) -> str | None:
-    value = headers.get("Authorization", "")
+class Lookup(Protocol):
+    """Headers or query arguments: a plain dict, or werkzeug's Headers / MultiDict."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def bearer_token(headers: Lookup) -> str | None:
+    value = headers.get("Authorization") or ""
     scheme, _, token = value.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
@@ -156,7 +162,7 @@ async def redeem_ticket(backend: Backend, ticket: str) -> Principal:
 
 async def authenticate(
     authenticator: Authenticator, backend: Backend,
-    headers: Mapping[str, str], args: Mapping[str, str],
+    headers: Lookup, args: Lookup,
 ) -> Principal | None:
     """The principal from the header, the ``token`` or the ``ticket`` query parameter.
 

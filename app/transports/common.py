@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from quart import current_app
 
-from app.auth import Authenticator, Principal, authenticate
+from app.auth import Authenticator, Lookup, Principal, authenticate
 from app.config import Settings
 from app.errors import BadRequest, Forbidden, RateLimited, Unauthorized, Unavailable
 from app.hub.backends.base import BackendUnavailable
@@ -49,7 +48,7 @@ def valid_room(name: str | None) -> str:
     return name
 
 
-def check_origin(settings: Settings, headers: Mapping[str, str], host: str) -> None:
+def check_origin(settings: Settings, headers: Lookup, host: str) -> None:
     """Browsers send Origin; others (curl, servers) do not and are allowed."""
     if not origin_allowed(settings, headers.get("Origin"), host):
         raise Forbidden("origin not allowed")
@@ -70,8 +69,7 @@ def admit(svc: Services, principal: Principal) -> None:
     svc.connections.check(principal.user)
 
 
-async def require_principal(svc: Services, headers: Mapping[str, str],
-                            args: Mapping[str, str]) -> Principal:
+async def require_principal(svc: Services, headers: Lookup, args: Lookup) -> Principal:
     principal = await authenticate(svc.authenticator, svc.hub.backend, headers, args)
     if principal is None:
         raise Unauthorized("a bearer token, a token or a ticket query parameter is required")

@@ -29,7 +29,8 @@ async def _body(svc: Services) -> bytes:
         raise TooLarge(f"bodies are limited to {limit} bytes")
     request.max_content_length = limit
     try:
-        return await request.get_data(cache=False)
+        data = await request.get_data(cache=False, as_text=False)
+        return data if isinstance(data, bytes) else data.encode()
     except Exception as exc:  # werkzeug's RequestEntityTooLarge for chunked bodies
         if getattr(exc, "code", None) == 413:
             raise TooLarge(f"bodies are limited to {limit} bytes") from None

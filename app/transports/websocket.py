@@ -66,7 +66,8 @@ async def echo() -> None:
 async def chat() -> Response | None:
     svc = services()
     if svc.draining:
-        return await _refuse_while_draining()
+        await _refuse_while_draining()
+        return None
     try:
         room = valid_room(websocket.args.get("room"))
         check_origin(svc.settings, websocket.headers, websocket.host)
@@ -84,7 +85,8 @@ async def chat() -> Response | None:
 async def notifications() -> Response | None:
     svc = services()
     if svc.draining:
-        return await _refuse_while_draining()
+        await _refuse_while_draining()
+        return None
     try:
         check_origin(svc.settings, websocket.headers, websocket.host)
         principal = await _principal_before_accept(svc)
@@ -185,7 +187,7 @@ async def _run(svc: Services, principal: Principal, subscription: Subscription,
         subscription.write_now = direct.try_write
     writer = asyncio.ensure_future(_write(subscription, direct))
     # A writer stuck on a peer that stopped reading cannot see the overflow: cancel it.
-    subscription.on_overflow = writer.cancel
+    subscription.on_overflow = lambda: _cancel(writer)
     tasks = [
         writer,
         asyncio.ensure_future(_read(svc, principal, subscription, room)),
@@ -209,6 +211,10 @@ async def _run(svc: Services, principal: Principal, subscription: Subscription,
         await asyncio.gather(*tasks, return_exceptions=True)
         if room is not None:
             await svc.hub.leave(channel, principal.user, subscription.connection_id)
+
+
+def _cancel(task: asyncio.Future[Closing]) -> None:
+    task.cancel()
 
 
 async def _read(svc: Services, principal: Principal, subscription: Subscription,
