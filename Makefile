@@ -34,10 +34,13 @@ lint: setup
 	$(BIN)/ruff check app tests $(wildcard bench)
 	$(BIN)/mypy app
 
+# Benchmarks need matplotlib for the latency plot: the "bench" extra.
 bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
 bench-quick: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench --quick
 
 clean:
