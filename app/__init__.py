@@ -18,7 +18,7 @@ from app.hub.backends.base import Backend
 from app.hub.backends.memory import MemoryBackend
 from app.hub.hub import Hub
 from app.hub.message import dumps
-from app.lifecycle import install_drain_on_signals, warn_if_hub_split
+from app.lifecycle import install_drain_on_signals, tune_garbage_collector, warn_if_hub_split
 from app.limits import ConnectionLimiter
 from app.observability import configure_logging
 from app.transports import connection_control, http, site, sse, websocket
@@ -61,8 +61,9 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     @app.before_serving
     async def start() -> None:
         await hub.start()
-        if handle_signals:
+        if handle_signals:  # serving as the process, not embedded: tune it as a server
             install_drain_on_signals(asyncio.get_running_loop(), lambda: _drain(svc))
+            tune_garbage_collector()
         if settings.ephemeral_secret:
             log.warning("JWT_SECRET is not set: using an ephemeral secret; demo login is on "
                         "and tokens die with this process")

@@ -353,6 +353,31 @@ async def test_redis_listener_reconnects_and_catches_up_exactly_once_in_order(
 
 
 @pytest.mark.redis
+async def test_redis_gap_longer_than_history_during_an_outage_asks_for_a_resync(
+    make_redis: MakeRedis, redis_prefix: str
+) -> None:
+    inbox = Inbox()
+    publisher = make_redis(history_size=3)
+    subscriber = await started(make_redis(history_size=3), inbox)
+    await subscriber.subscribe("room:a")
+    await publisher.publish("room:a", body(n=0))
+    await inbox.wait_for(1)
+
+    assert await kill_listeners(redis_prefix) == 1
+    during = [await publisher.publish("room:a", body(n=n)) for n in range(1, 11)]  # 10 > 3 kept
+
+    async def got_the_last() -> bool:
+        return any(m.seq == during[-1].seq for m in inbox.messages)
+
+    assert await poll(got_the_last, timeout=10)
+    kinds = [m.json if m.seq is None else "message" for m in inbox.messages]
+    assert kinds.count('{"type":"resync"}') == 1  # the gap was noticed, once
+    after_resync = inbox.messages[kinds.index('{"type":"resync"}') + 1:]
+    # After the resync: what was still retained (at least the last 3), in order, none twice.
+    assert ids(after_resync) == ids(during[-len(after_resync):]) and len(after_resync) >= 3
+
+
+@pytest.mark.redis
 async def test_redis_unreachable_publish_fails_fast_then_recovers(
     make_redis: MakeRedis, private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,6 +34,7 @@ PING_TIMEOUT_S = 2.0
 IDLE_PING_S = 10.0  # an idle pub/sub connection is pinged; no reply in as long again drops it
 # Per-channel counters outlive the stream, so a client back after the stream expired is told.
 META_EXTRA_TTL_S = 7 * 24 * 3600.0
+RESYNC_FRAME = '{"type":"resync"}'
 
 # Assigns the id (epoch created once in KEYS[1], one global seq), appends, trims, publishes.
 # Wire: 'm' json ['\n' origin] (compact JSON has no raw newline); live frames: 'l' json.
@@ -440,8 +441,15 @@ class RedisBackend:
         async with self._client.pipeline(transaction=False) as pipe:
             for c in channels:
                 last = self._last.get(c, 0)
+                pipe.hget(self._key("m", c), "dropped")
                 pipe.xrange(self._key("h", c), f"({last}-0" if last else "-", "+")
-            ranges = await pipe.execute()
+            replies = await pipe.execute()
+        ranges: list[list[Any]] = replies[1::2]
+        for c, dropped in zip(channels, replies[::2], strict=True):
+            if int(dropped or 0) > self._last.get(c, 0):
+                # More was published during the outage than history keeps: the gap cannot
+                # be filled, so its subscribers are told to resync (refetch history).
+                self._hand_over(Message(c, RESYNC_FRAME))
         for message in heapq.merge(*self._messages(channels, ranges, epoch), key=_seq):
             self._accept(message)
 
