@@ -13,6 +13,7 @@ import jwt
 import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from quart import Quart
 
 from app import create_app
 from app.config import Settings
@@ -61,7 +62,13 @@ async def run_server(env: dict[str, str] | None = None,
     settings = Settings.from_env({"JWT_SECRET": SECRET, **(env or {})})
     app = create_app(settings, handle_signals=False)
     app.config.update(app_config or {})
-    sock = socket.create_server(("127.0.0.1", 0))
+    async with serve_app(app, settings, socket.create_server(("127.0.0.1", 0))) as server:
+        yield server
+
+
+@asynccontextmanager
+async def serve_app(app: Quart, settings: Settings, sock: socket.socket) -> AsyncIterator[LiveServer]:
+    """Serves ``app`` with Hypercorn on the bound ``sock`` until the block ends."""
     port = sock.getsockname()[1]
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]

@@ -19,12 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from app import create_app
 from app.config import Settings
-from tests.conftest import SECRET, LiveServer, ServerFactory, make_token
+from tests.conftest import SECRET, LiveServer, ServerFactory, make_token, serve_app
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright (test extras)")
 
@@ -173,28 +171,8 @@ async def serve_on(port: int = 0, env: dict[str, str] | None = None) -> AsyncIte
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(128)
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]
-    config.graceful_timeout = 2
-    config.accesslog = None
-    config.errorlog = None
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
-    server = LiveServer(port=port, hub=app.extensions["hubbub"].hub, settings=settings)
-    async with server.http() as client, asyncio.timeout(10):
-        while True:
-            try:
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                await asyncio.sleep(0.02)
-    try:
+    async with serve_app(app, settings, sock) as server:
         yield Restartable(server, app)
-    finally:
-        stop.set()
-        async with asyncio.timeout(15):
-            await task
 
 
 def short_token_route(ttl_s: float, calls: list[dict[str, Any]]) -> Callable[[Any], Awaitable[None]]:
