@@ -62,11 +62,9 @@ class Inbox:
         return self.messages[:count]
 
 
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = f"test:{uuid4().hex}:"
-    yield prefix
-    client = aioredis.from_url(REDIS_URL)
+async def delete_keys(prefix: str, url: str = REDIS_URL) -> None:
+    """Removes every key under ``prefix`` (each test has its own)."""
+    client = aioredis.from_url(url)
     try:
         async with asyncio.timeout(10):
             keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
@@ -74,6 +72,13 @@ async def redis_prefix() -> AsyncIterator[str]:
                 await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    prefix = f"test:{uuid4().hex}:"
+    yield prefix
+    await delete_keys(prefix)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -148,18 +147,6 @@ async def hypercorn(env: dict[str, str], workers: int | None = None) -> AsyncIte
         yield server
     finally:
         await server.stop()
-
-
-async def delete_keys(prefix: str, url: str = REDIS_URL) -> None:
-    """Removes every key under ``prefix`` (each test has its own)."""
-    client = aioredis.from_url(url)
-    try:
-        async with asyncio.timeout(10):
-            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 class Recorder:

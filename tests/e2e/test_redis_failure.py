@@ -20,10 +20,10 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from tests.backends.conftest import RedisServer
+from tests.backends.conftest import RedisServer, delete_keys
 from tests.conftest import make_token
 from tests.e2e.clients import bearer, sse_connect, ws_connect
-from tests.e2e.processes import REDIS_URL, Hypercorn, LossyProxy, Recorder, delete_keys
+from tests.e2e.processes import REDIS_URL, Hypercorn, LossyProxy, Recorder
 
 pytestmark = pytest.mark.redis
 

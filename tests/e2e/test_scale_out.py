@@ -17,9 +17,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from tests.backends.conftest import delete_keys
 from tests.conftest import make_token
 from tests.e2e.clients import bearer, recv_json, sse_connect, ws_connect, ws_rejected
-from tests.e2e.processes import REDIS_URL, Hypercorn, Recorder, delete_keys
+from tests.e2e.processes import REDIS_URL, Hypercorn, Recorder
 
 pytestmark = pytest.mark.redis
 
