@@ -27,17 +27,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def _not_hypercorn(record: logging.LogRecord) -> bool:
+    """Hypercorn writes its own log lines (--error-logfile, --access-logfile): not twice."""
+    return not record.name.startswith("hypercorn.")
+
+
 def configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        root.handlers[0].addFilter(_not_hypercorn)
     root.setLevel(level)
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     for name in ("hypercorn.access", "hypercorn.error"):
         logger = logging.getLogger(name)
-        logger.propagate = False  # Hypercorn has its own handlers; avoid every line twice
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
 
