@@ -44,7 +44,7 @@ async def demo_server(server_factory: ServerFactory) -> LiveServer:
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)")
     async with playwright_api.async_playwright() as pw:
         async with asyncio.timeout(30):
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

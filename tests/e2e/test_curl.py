@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from tests.conftest import LiveServer
 from tests.e2e.clients import (
@@ -16,8 +13,6 @@ from tests.e2e.clients import (
     sse_connect,
     ws_connect,
 )
-
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 
 async def curl_post(server: LiveServer, text: str, token: str) -> tuple[int, dict[str, object]]:
