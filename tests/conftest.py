@@ -7,6 +7,8 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from uuid import uuid4
 
 import httpx
 import jwt
@@ -18,6 +20,9 @@ from quart import Quart
 from app import create_app
 from app.config import Settings
 from app.hub.hub import Hub
+
+if TYPE_CHECKING:
+    from tests.backends.conftest import RedisServer
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -94,6 +99,29 @@ async def serve_app(app: Quart, settings: Settings, sock: socket.socket) -> Asyn
 
 
 ServerFactory = Callable[..., Awaitable[LiveServer]]
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of the test's own on the shared Redis, emptied afterwards."""
+    from tests.backends.conftest import delete_keys
+
+    prefix = f"test:{uuid4().hex}:"
+    yield prefix
+    await delete_keys(prefix)
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[RedisServer]:
+    """A redis-server of the test's own on a free port, to stop and start at will."""
+    from tests.backends.conftest import RedisServer
+
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture

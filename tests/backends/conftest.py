@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from uuid import uuid4
 
 import pytest
 import redis.asyncio as aioredis
@@ -74,11 +73,6 @@ async def delete_keys(prefix: str, url: str = REDIS_URL) -> None:
         await client.aclose()
 
 
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = f"test:{uuid4().hex}:"
-    yield prefix
-    await delete_keys(prefix)
 
 
 @pytest.fixture
@@ -167,16 +161,6 @@ class RedisServer:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def write_self_signed_certificate(directory: Path) -> None:

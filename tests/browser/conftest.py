@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import playwright.async_api as playwright_api
 import pytest
 
 from app import create_app
 from app.config import Settings
 from tests.conftest import SECRET, LiveServer, ServerFactory, make_token, serve_app
-
-playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright (test extras)")
 
 CHROMIUM = os.environ.get("HUBBUB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -47,16 +47,6 @@ class Post:
         return f"p{self.n:04d}"
 
 
-@pytest.fixture
-async def own_redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 class Publisher:
     """Posts p0000, p0001, … every 20 ms, alternately to each server, one at a time."""
 
@@ -141,10 +131,10 @@ def seq_of(message_id: str) -> int:
 
 
 async def test_redis_restart_loses_no_accepted_message_and_closes_no_connection(
-    own_redis: RedisServer,
+    private_redis: RedisServer,
 ) -> None:
     prefix = f"test:{uuid4().hex}:"
-    env = {"REDIS_URL": own_redis.url, "REDIS_PREFIX": prefix, "HEARTBEAT_INTERVAL": "0.5",
+    env = {"REDIS_URL": private_redis.url, "REDIS_PREFIX": prefix, "HEARTBEAT_INTERVAL": "0.5",
            "RATE_LIMIT_BURST": "100000", "RATE_LIMIT_PER_SECOND": "1000"}
     servers = {"A": Hypercorn(env), "B": Hypercorn(env)}
     room = f"r{uuid4().hex[:12]}"
@@ -173,13 +163,13 @@ async def test_redis_restart_loses_no_accepted_message_and_closes_no_connection(
         await publisher.wait_for_accepted(20, since=0.0, timeout=15)
 
         # The outage: Redis terminated, ~2 s later started again on the same port, empty.
-        await own_redis.stop()
+        await private_redis.stop()
         down_at = time.monotonic()
         unhealthy = {name: await until_health(server, 503, timeout=OUTAGE_S)
                      for name, server in servers.items()}
         await asyncio.sleep(max(0.0, down_at + OUTAGE_S - time.monotonic()))
         up_at = time.monotonic()
-        await own_redis.start()
+        await private_redis.start()
 
         await publisher.wait_for_accepted(20, since=up_at, timeout=20)
         for server in servers.values():

@@ -17,7 +17,6 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from tests.backends.conftest import delete_keys
 from tests.conftest import make_token
 from tests.e2e.clients import bearer, recv_json, sse_connect, ws_connect, ws_rejected
 from tests.e2e.processes import REDIS_URL, Hypercorn, Recorder
@@ -25,13 +24,6 @@ from tests.e2e.processes import REDIS_URL, Hypercorn, Recorder
 pytestmark = pytest.mark.redis
 
 StartServers = Callable[..., Awaitable[list[Hypercorn]]]
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = f"test:{uuid4().hex}:"
-    yield prefix
-    await delete_keys(prefix)
 
 
 @pytest.fixture

@@ -95,7 +95,6 @@ def _report_command_line(queue: multiprocessing.Queue[list[str] | None]) -> None
     queue.put(server_command_line())
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_spawned_worker_reads_its_parents_command_line() -> None:
     """Hypercorn spawns its workers with multiprocessing: the worker sees the supervisor's argv."""
     assert server_command_line() == sys.argv  # not a spawned worker: this process's own
@@ -111,7 +110,6 @@ def test_a_spawned_worker_reads_its_parents_command_line() -> None:
     assert reported == [arg.decode() for arg in ours]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 async def test_hypercorn_with_two_workers_and_no_redis_warns_in_each_worker() -> None:
     async with hypercorn({}, workers=2) as server:
         pass
