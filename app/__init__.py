@@ -22,7 +22,8 @@ from app.lifecycle import install_drain_on_signals, tune_garbage_collector, warn
 from app.limits import ConnectionLimiter
 from app.observability import configure_logging
 from app.transports import connection_control, http, site, sse, websocket
-from app.transports.common import Services, origin_allowed
+from app.transports.asgi import LiveRouter
+from app.transports.common import Services, cors_headers
 
 __all__ = ["create_app", "Hub"]
 
@@ -53,8 +54,14 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
                    connections=ConnectionLimiter(settings.max_connections_per_user))
     app.extensions["hubbub"] = svc
     app.hub = hub  # type: ignore[attr-defined]  # for server-side code: app.hub.notify(...)
-    for blueprint in (websocket.bp, sse.bp, http.bp, site.bp):
+    for blueprint in (http.bp, site.bp):
         app.register_blueprint(blueprint)
+    app.asgi_app = LiveRouter(  # type: ignore[method-assign,assignment]
+        app.asgi_app, svc,
+        websocket={"/ws/chat": websocket.chat, "/ws/notifications": websocket.notifications,
+                   "/ws/echo": websocket.echo},
+        sse={"/sse/chat": sse.chat, "/sse/notifications": sse.notifications},
+    )
     _register_errors(app)
     _register_cors(app, settings)
 
@@ -108,11 +115,5 @@ def _register_cors(app: Quart, settings: Settings) -> None:
 
     @app.after_request
     async def cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin and settings.allowed_origins and origin_allowed(settings, origin, ""):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Last-Event-ID"
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            response.headers["Access-Control-Max-Age"] = "600"
+        response.headers.update(cors_headers(settings, request.headers.get("Origin")))
         return response

@@ -40,18 +40,23 @@ class HubError(Exception):
         """The WebSocket error frame."""
         return dumps({"type": "error", "code": self.code, "detail": self.detail})
 
-    def response(self) -> Response:
-        """The HTTP error response, with the headers its status calls for."""
-        response = Response(
-            dumps({"error": self.code, "detail": self.detail}),
-            status=self.status,
-            content_type="application/json",
-        )
+    def headers(self) -> dict[str, str]:
+        """The headers its HTTP status calls for."""
+        headers = {}
         if self.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="hubbub"'
+            headers["WWW-Authenticate"] = 'Bearer realm="hubbub"'
         if self.retry_after is not None:
-            response.headers["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
-        return response
+            headers["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
+        return headers
+
+    def body(self) -> str:
+        """The HTTP error body."""
+        return dumps({"error": self.code, "detail": self.detail})
+
+    def response(self) -> Response:
+        """The HTTP error response (Quart)."""
+        return Response(self.body(), status=self.status, content_type="application/json",
+                        headers=self.headers())
 
 
 class BadRequest(HubError):

@@ -1,7 +1,12 @@
-"""One connection's bounded outbox: the hub appends without waiting, the connection's writer drains.
+"""One connection's bounded outbox: the hub appends without waiting, the connection drains it.
 
-A full outbox marks the subscriber slow; its writer then ends the connection
-(WebSocket 1013, SSE end of stream) and the client resumes from history.
+A full outbox marks the subscriber slow; the connection then ends (WebSocket 1013,
+SSE end of stream) and the client resumes from history.
+
+Two ways to consume: a transport registers ``write_now`` (write while the socket takes
+it) and ``on_ready`` (something is queued, or the subscription ended) and calls
+``take()``; server-side code awaits ``next_batch()``. Idle subscriptions hold no
+asyncio objects: the events behind the awaitable API are made on first use.
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ class Subscription:
     """Messages for one connection, in id order, each once; plus that connection's own frames."""
 
     __slots__ = (
-        "channels", "connection_id", "recovered", "_outbox", "_maxsize",
-        "_wakeup", "_drained", "_held", "_epoch", "_last_seq", "overflowed", "closed", "on_overflow",
-        "write_now",
+        "channels", "connection_id", "recovered", "_outbox", "_maxsize", "_changed",
+        "_held", "_epoch", "_last_seq", "overflowed", "closed", "on_ready", "write_now",
     )
 
     def __init__(self, channels: tuple[str, ...], connection_id: str, maxsize: int) -> None:
@@ -32,29 +36,26 @@ class Subscription:
         self.recovered: bool | None = None
         self._outbox: deque[Message] = deque()
         self._maxsize = maxsize
-        self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()
+        self._changed: asyncio.Event | None = None  # made by the first awaiting consumer
         self._held: list[Message] | None = None
         self._epoch = ""
         self._last_seq = 0
         self.overflowed = False
         self.closed = False
-        # Set by the transport: ends a connection whose writer is stuck on a peer that stopped reading.
-        self.on_overflow: Callable[[], None] | None = None
+        # Set by the transport: called when the outbox turns non-empty, overflows or closes.
+        self.on_ready: Callable[[], None] | None = None
         # Set by the transport: writes a message at once if the socket can take it (no task
         # switch per message); returns False when it must be queued instead.
         self.write_now: Callable[[Message], bool] | None = None
 
     @property
     def backlog(self) -> int:
-        """Messages queued and not yet taken by the writer."""
+        """Messages queued and not yet taken."""
         return len(self._outbox)
 
-    async def drained(self) -> None:
-        """Waits until the writer has taken everything queued (or the subscription ended)."""
-        while self._outbox and not (self.overflowed or self.closed):
-            self._drained.clear()
-            await self._drained.wait()
+    @property
+    def ended(self) -> bool:
+        return self.overflowed or self.closed
 
     @property
     def last_id(self) -> str | None:
@@ -103,32 +104,60 @@ class Subscription:
     def _append(self, message: Message) -> None:
         if self.overflowed or self.closed:
             return
-        if not self._outbox and self.write_now is not None and self.write_now(message):
+        outbox = self._outbox
+        if not outbox:
+            if self.write_now is not None and self.write_now(message):
+                return
+            outbox.append(message)
+            self._signal()
             return
-        if len(self._outbox) >= self._maxsize:
+        if len(outbox) >= self._maxsize:
             self._overflow()
             return
-        self._outbox.append(message)
-        self._wakeup.set()
+        outbox.append(message)
 
     def _overflow(self) -> None:
         if self.overflowed:
             return
         self.overflowed = True
         self._outbox.clear()
-        self._wakeup.set()
-        self._drained.set()
-        if self.on_overflow is not None:
-            self.on_overflow()
+        self._signal()
 
     def close(self) -> None:
-        """Wakes the writer, which then sees an empty, closed outbox and ends."""
-        self.closed = True
-        self._wakeup.set()
-        self._drained.set()
+        """Ends the subscription; what is queued can still be taken."""
+        if not self.closed:
+            self.closed = True
+            self._signal()
+
+    def _signal(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def take(self) -> list[Message]:
+        """Everything queued, oldest first, without waiting ([] if nothing is).
+
+        Raises SlowConsumer once the outbox has overflowed.
+        """
+        if self.overflowed:
+            raise SlowConsumer
+        if not self._outbox:
+            return []
+        batch = list(self._outbox)
+        self._outbox.clear()
+        if self._changed is not None:
+            self._changed.set()  # wakes drained()
+        return batch
+
+    async def _changes(self) -> None:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        self._changed.clear()
+        await self._changed.wait()
 
     async def next_batch(self) -> list[Message]:
-        """Everything queued, oldest first (waits for at least one); [] once closed.
+        """Everything queued, oldest first (waits for at least one); [] once closed and empty.
 
         Raises SlowConsumer once the outbox has overflowed.
         """
@@ -137,11 +166,10 @@ class Subscription:
                 raise SlowConsumer
             if self.closed:
                 return []
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        if self.overflowed:
-            raise SlowConsumer
-        batch = list(self._outbox)
-        self._outbox.clear()
-        self._drained.set()
-        return batch
+            await self._changes()
+        return self.take()
+
+    async def drained(self) -> None:
+        """Waits until everything queued was taken (or the subscription ended)."""
+        while self._outbox and not self.ended:
+            await self._changes()

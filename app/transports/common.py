@@ -62,6 +62,15 @@ def origin_allowed(settings: Settings, origin: str | None, host: str) -> bool:
     return urlsplit(origin).netloc == host  # same origin
 
 
+def cors_headers(settings: Settings, origin: str | None) -> dict[str, str]:
+    """CORS response headers for a cross-origin caller in ALLOWED_ORIGINS (same-origin needs none)."""
+    if not origin or not settings.allowed_origins or not origin_allowed(settings, origin, ""):
+        return {}
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID",
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Max-Age": "600"}
+
+
 def admit(svc: Services, principal: Principal) -> None:
     """Refuses a new live connection while shutting down or past the user's limit."""
     if svc.draining:

@@ -1,4 +1,4 @@
-"""What Hypercorn does not expose over ASGI: last byte received, pings, batched writes, abort.
+"""What Hypercorn does not expose over ASGI: last byte received, pings, direct writes, abort.
 
 ASGI has no ping/pong events, no way to drop a connection whose peer stopped
 reading (Hypercorn has no write timeout: a send to such a peer waits forever),
@@ -22,39 +22,45 @@ from app.hub.message import Message
 log = logging.getLogger(__name__)
 
 EXTENSION = "hubbub.connection"
+_PING_FRAME = b"\x89\x00"  # FIN + ping, no payload, unmasked (RFC 6455 §5.5.2)
 
 
 class ConnectionControl:
-    __slots__ = ("_stream", "last_received")
+    __slots__ = ("_stream", "last_received", "_pinging")
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         self.last_received = time.monotonic()
+        self._pinging: asyncio.Future[None] | None = None
 
     def idle_for(self) -> float:
         """Seconds since the peer last sent anything (data, ping, pong or close)."""
         return time.monotonic() - self.last_received
 
-    async def ping(self) -> None:
-        """Sends a WebSocket protocol ping; browsers answer it by themselves."""
+    def ping(self) -> None:
+        """Sends a WebSocket protocol ping (browsers answer it by themselves), unless the socket
+        is backed up: a peer that is not reading meets the idle check or the outbox bound."""
+        writer = self._tcp_writer() if self._is_h11() else None
+        if writer is not None:  # a control frame: never compressed, the same on every connection
+            transport = writer.transport
+            if not transport.is_closing() and (
+                    transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]):
+                transport.write(_PING_FRAME)
+            return
+        if self._pinging is None:  # HTTP/2: the frame goes through Hypercorn's stream
+            self._pinging = asyncio.ensure_future(self._ping_through_stream())
+
+    async def _ping_through_stream(self) -> None:
         from wsproto.events import Ping
 
-        await self._stream._send_wsproto_event(Ping())
-
-    async def send_texts(self, texts: Sequence[str]) -> None:
-        """Writes several WebSocket text frames with one write: one syscall for a whole batch."""
-        from hypercorn.protocol.events import Data
-        from wsproto.events import TextMessage
-        from wsproto.utilities import LocalProtocolError
-
-        stream = self._stream
-        if stream.closed:
-            return
         try:
-            data = b"".join([stream.connection.send(TextMessage(data=text)) for text in texts])
-        except LocalProtocolError:
-            return  # closing or closed: Hypercorn drops such sends too
-        await stream.send(Data(stream_id=stream.stream_id, data=data))
+            await self._stream._send_wsproto_event(Ping())
+        finally:
+            self._pinging = None
+
+    def _is_h11(self) -> bool:
+        protocol = getattr(self._stream.send, "__self__", None)
+        return type(protocol).__name__ == "H11Protocol"
 
     def abort(self) -> None:
         """Drops the TCP connection at once, discarding unsent data."""
@@ -71,8 +77,7 @@ class ConnectionControl:
     def direct_writer(self, encode: Callable[[Message], bytes]) -> DirectWriter | None:
         """A writer of pre-encoded frames straight to the socket, when the wire allows it:
         HTTP/1.1 (chunked SSE bodies) or a WebSocket with no extension negotiated."""
-        protocol = getattr(self._stream.send, "__self__", None)
-        if type(protocol).__name__ != "H11Protocol":
+        if not self._is_h11():
             return None  # HTTP/2 streams share a connection: keep Hypercorn's framing
         connection = getattr(self._stream, "connection", None)  # wsproto, WebSockets only
         proto = getattr(connection, "_proto", None)
@@ -86,7 +91,7 @@ class DirectWriter:
     """Writes each message's shared, pre-encoded frame to the transport without awaiting.
 
     A message is written at once while the transport's buffer is below its high-water
-    mark (one syscall, no task switch); past it the caller queues and its writer task
+    mark (one syscall, no task switch); past it the caller queues and a flush task
     writes the backlog in one go and awaits the drain.
     """
 
@@ -115,24 +120,17 @@ class DirectWriter:
         self._transport.write(b"".join([encode(m) for m in messages]))
         await self._writer.drain()
 
-    async def write_bytes(self, data: bytes) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(data)
-            await self._writer.drain()
+    def write_if_room(self, data: bytes) -> None:
+        """Writes ``data`` unless the socket is gone or backed up (a heartbeat: skipped, not queued)."""
+        transport = self._transport
+        if not transport.is_closing() and transport.get_write_buffer_size() <= self._high_water:
+            transport.write(data)
 
 
 def control_of(scope: Mapping[str, Any]) -> ConnectionControl | None:
     extensions = scope.get("extensions") or {}
     control = extensions.get(EXTENSION)
     return control if isinstance(control, ConnectionControl) else None
-
-
-def abort_later(scope: Mapping[str, Any], delay_s: float) -> asyncio.TimerHandle | None:
-    """Aborts the connection after ``delay_s`` unless the returned handle is cancelled first."""
-    control = control_of(scope)
-    if control is None:
-        return None
-    return asyncio.get_running_loop().call_later(delay_s, control.abort)
 
 
 _options = {"websocket_compression": False}

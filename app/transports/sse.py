@@ -1,45 +1,43 @@
-"""Server-Sent Events transport: /sse/chat and /sse/notifications.
+"""Server-Sent Events transport: /sse/chat and /sse/notifications (ASGI handlers, see asgi.py).
 
-Each batch of queued messages goes out as one chunk (one write for many events);
-frames come from sse-starlette's encoder, built once per message (Message.sse).
+The response head and the first chunk (a comment, the retry hint, the welcome) go
+through the server; after that each message's shared chunk is written straight to
+the socket (see live.py). Events come from sse-starlette's encoder, built once per
+message (Message.sse).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
-from operator import attrgetter
+from collections.abc import Sequence
 from typing import Any
 
-from quart import Blueprint, Response, request
 from sse_starlette.event import ServerSentEvent
 
 from app.auth import Principal
-from app.errors import HubError
+from app.errors import Close, HubError
 from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import notification_channels, room_channel
-from app.hub.subscription import SlowConsumer
+from app.hub.message import Message
 from app.hub.wire import http_chunk
+from app.transports.asgi import Receive, Request, Send, send_error
 from app.transports.common import (
     Services,
     admit,
     check_origin,
+    cors_headers,
     new_connection_id,
     require_principal,
-    services,
     valid_room,
     welcome_frame,
 )
-from app.transports.connection_control import abort_later, control_of
+from app.transports.live import BACKEND_DOWN, Closing, LiveConnection
 
-bp = Blueprint("sse", __name__)
-
-_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _HEARTBEAT = ServerSentEvent(comment="", sep="\n").encode()
 _HEARTBEAT_CHUNK = http_chunk(_HEARTBEAT)
-_SSE_CHUNK = attrgetter("sse_chunk")
-OVERFLOW_GRACE_S = 1.0
+_BACKEND_DOWN_EVENT = '{"type":"error","code":"unavailable","detail":"backend unavailable"}'
 
 
 def retry_hint_ms() -> int:
@@ -47,9 +45,11 @@ def retry_hint_ms() -> int:
     return random.randint(1000, 5000)
 
 
-@bp.get("/sse/chat")
-async def chat() -> Response:
-    svc = services()
+def _retry_event(data: str | None = None) -> bytes:
+    return ServerSentEvent(data, retry=retry_hint_ms(), sep="\n").encode()
+
+
+async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
     try:
         room = valid_room(request.args.get("room"))
         check_origin(svc.settings, request.headers, request.host)
@@ -57,96 +57,82 @@ async def chat() -> Response:
         principal.require_room(room)
         admit(svc, principal)
     except HubError as error:
-        return error.response()
-    return _stream(svc, principal, (room_channel(room),), room)
+        await send_error(send, request, svc.settings, error)
+        return
+    await _stream(svc, request, receive, send, principal, (room_channel(room),), room)
 
 
-@bp.get("/sse/notifications")
-async def notifications() -> Response:
-    svc = services()
+async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
     try:
         check_origin(svc.settings, request.headers, request.host)
         principal = await require_principal(svc, request.headers, request.args)
         admit(svc, principal)
     except HubError as error:
-        return error.response()
-    return _stream(svc, principal, notification_channels(principal.user), None)
+        await send_error(send, request, svc.settings, error)
+        return
+    await _stream(svc, request, receive, send, principal, notification_channels(principal.user), None)
 
 
-def _stream(svc: Services, principal: Principal, channels: tuple[str, ...],
-            room: str | None) -> Response:
+async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
+                  principal: Principal, channels: tuple[str, ...], room: str | None) -> None:
     cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    response = Response(_events(svc, principal, channels, room, cursor, request.scope),
-                        content_type="text/event-stream", headers=_HEADERS)
-    response.timeout = None  # else Quart's RESPONSE_TIMEOUT cuts the stream at 60 s
-    return response
-
-
-async def _events(svc: Services, principal: Principal, channels: tuple[str, ...],
-                  room: str | None, cursor: str | None, scope: Any) -> AsyncIterator[bytes]:
-    """Runs outside the request context: everything it needs is passed in."""
-    hub, settings = svc.hub, svc.settings
-    connection_id = new_connection_id()
+    headers = {**_HEADERS, **cors_headers(svc.settings, request.headers.get("Origin"))}
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]}
+    started = False
     svc.connections.acquire(principal.user)
     svc.metrics.connections_opened += 1
-    abort: asyncio.TimerHandle | None = None
-
-    def on_overflow() -> None:
-        # The generator may be parked at a yield the peer never reads: drop the connection
-        # unless the stream ends by itself first.
-        nonlocal abort
-        abort = abort_later(scope, OVERFLOW_GRACE_S)
-
     try:
-        async with hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
-            sub.on_overflow = on_overflow
+        async with svc.hub.subscribe(channels, cursor=cursor, connection_id=new_connection_id()) as sub:
+            await send(start)
+            started = True
             welcome = welcome_frame(channels[0], principal.user, sub.recovered,
-                                    settings.heartbeat_interval_s)
+                                    svc.settings.heartbeat_interval_s)
             # A comment first flushes proxies; then the retry hint and the welcome event.
-            yield (_HEARTBEAT
-                   + ServerSentEvent(welcome, retry=retry_hint_ms(), sep="\n").encode())
-            if room is not None:
-                await hub.join(channels[0], principal.user, connection_id)
-            # Past the first chunk, messages may go straight to the socket (see DirectWriter).
-            control = control_of(scope) if scope.get("http_version") == "1.1" else None
-            direct = control.direct_writer(_SSE_CHUNK) if control is not None else None
-            if direct is not None:
-                sub.write_now = direct.try_write
-            try:
-                while True:
-                    timeout = settings.heartbeat_interval_s
-                    left = principal.seconds_left()
-                    if left is not None:
-                        if left <= 0:
-                            return  # token expired: the client fetches a new one and resumes
-                        timeout = min(timeout, left)
-                    try:
-                        async with asyncio.timeout(timeout):
-                            batch = await sub.next_batch()
-                    except TimeoutError:
-                        if direct is not None:
-                            await direct.write_bytes(_HEARTBEAT_CHUNK)
-                        else:
-                            yield _HEARTBEAT
-                        continue
-                    if not batch:  # shutting down
-                        sub.write_now = None
-                        yield ServerSentEvent(retry=retry_hint_ms(), sep="\n").encode()
-                        return
-                    if direct is not None:
-                        await direct.write(batch)
-                    else:
-                        yield b"".join([message.sse for message in batch])
-            except SlowConsumer:
-                svc.metrics.slow_consumers += 1
-            finally:
-                sub.write_now = None
-                if room is not None:
-                    await hub.leave(channels[0], principal.user, connection_id)
+            await send({"type": "http.response.body", "body": _HEARTBEAT + _retry_event(welcome),
+                        "more_body": True})
+            await SSEConnection(svc, principal, sub, request.scope, send, room).run(receive)
     except BackendUnavailable:
-        yield ServerSentEvent('{"type":"error","code":"unavailable","detail":"backend unavailable"}',
-                              retry=retry_hint_ms(), sep="\n").encode()
+        if not started:
+            await send(start)
+        await send({"type": "http.response.body", "body": _retry_event(_BACKEND_DOWN_EVENT),
+                    "more_body": False})
     finally:
-        if abort is not None:
-            abort.cancel()
         svc.connections.release(principal.user)
+
+
+class SSEConnection(LiveConnection):
+    frame_attribute = "sse_chunk"
+    _beat: asyncio.Task[None] | None = None
+
+    def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
+        return scope.get("http_version") == "1.1"  # chunked bodies: HTTP/1.1 only
+
+    async def send_batch(self, batch: Sequence[Message]) -> None:
+        await self.send({"type": "http.response.body", "body": b"".join([m.sse for m in batch]),
+                         "more_body": True})
+
+    def heartbeat(self) -> None:
+        if self.direct is not None:
+            self.direct.write_if_room(_HEARTBEAT_CHUNK)
+        elif self._beat is None:
+            self._beat = asyncio.ensure_future(self._send_heartbeat())
+
+    async def _send_heartbeat(self) -> None:
+        try:
+            await self.send({"type": "http.response.body", "body": _HEARTBEAT, "more_body": True})
+        finally:
+            self._beat = None
+
+    async def send_ending(self, closing: Closing) -> None:
+        """A restart says when to come back; an expired token or a slow reader just ends."""
+        body = b""
+        if closing.code == Close.SERVICE_RESTART:
+            body = _retry_event()
+        elif closing is BACKEND_DOWN:
+            body = _retry_event(_BACKEND_DOWN_EVENT)
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def serve(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # the request's (empty) body

@@ -1,23 +1,22 @@
-"""WebSocket transport: /ws/echo, /ws/chat, /ws/notifications.
+"""WebSocket transport: /ws/echo, /ws/chat, /ws/notifications (ASGI handlers, see asgi.py).
 
-Each connection runs a reader (client frames → hub), a writer (outbox → socket)
-and a deadline (token expiry); whichever ends first decides the close code.
+The connection's one task reads the client's frames; everything written after the
+welcome goes through the subscription (see live.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from operator import attrgetter
-
-from quart import Blueprint, Response, websocket
+from collections.abc import Sequence
+from typing import Any
 
 from app.auth import AUTH_FRAME_TIMEOUT_S, Principal, authenticate
 from app.errors import BadRequest, Close, HubError, TooLarge, Unauthorized
 from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import notification_channels, room_channel
-from app.hub.subscription import SlowConsumer, Subscription
+from app.hub.message import Message
+from app.transports.asgi import Receive, Request, Send, reject_upgrade
 from app.transports.common import (
     Services,
     ack_frame,
@@ -25,98 +24,113 @@ from app.transports.common import (
     check_origin,
     new_connection_id,
     publish_chat,
-    services,
     valid_room,
     welcome_frame,
 )
-from app.transports.connection_control import DirectWriter, control_of
+from app.transports.connection_control import control_of
 from app.transports.inbound import parse_frame
+from app.transports.live import (
+    BACKEND_DOWN,
+    CLOSE_GRACE_S,
+    INTERNAL_ERROR,
+    Closing,
+    LiveConnection,
+)
 
 log = logging.getLogger(__name__)
-bp = Blueprint("websocket", __name__)
 
 _PONG = '{"type":"pong"}'
-_WS_FRAME = attrgetter("ws_frame")
-CLOSE_GRACE_S = 2.0
 # Replies to a client's own frames (acks, errors, pongs) wait for the writer past this
 # backlog, so a client that floods is paced by how fast it reads, not disconnected.
 REPLY_BACKLOG = 64
 REPLY_WAIT_S = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class Closing:
-    code: int
-    reason: str = ""
+class PeerLeft(Exception):
+    """The client went away before its connection was set up."""
 
 
-@bp.websocket("/ws/echo")
-async def echo() -> None:
-    svc = services()
-    await websocket.accept()
+def _data(event: dict[str, Any]) -> str | bytes:
+    text = event.get("text")
+    return text if text is not None else (event.get("bytes") or b"")
+
+
+async def echo(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
     while True:
-        data = await websocket.receive()
-        if len(data) > svc.settings.max_message_bytes:
-            await websocket.close(Close.TOO_BIG, "message too big")
+        event = await receive()
+        if event["type"] == "websocket.disconnect":
             return
-        await websocket.send(data)
+        data = _data(event)
+        if len(data) > svc.settings.max_message_bytes:
+            await _close(send, request, Closing(Close.TOO_BIG, "message too big"))
+            return
+        key = "text" if isinstance(data, str) else "bytes"
+        await send({"type": "websocket.send", key: data})
 
 
-@bp.websocket("/ws/chat")
-async def chat() -> Response | None:
-    svc = services()
+async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    await receive()  # websocket.connect
     if svc.draining:
-        await _refuse_while_draining()
-        return None
+        await _refuse_while_draining(send, request)
+        return
     try:
-        room = valid_room(websocket.args.get("room"))
-        check_origin(svc.settings, websocket.headers, websocket.host)
-        principal = await _principal_before_accept(svc)
+        room = valid_room(request.args.get("room"))
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await authenticate(svc.authenticator, svc.hub.backend, request.headers, request.args)
         if principal is not None:
             principal.require_room(room)
             admit(svc, principal)
     except HubError as error:
-        return error.response()
-    await _serve(svc, principal, (room_channel(room),), room)
-    return None
+        await reject_upgrade(send, request, error)
+        return
+    await _serve(svc, request, receive, send, principal, (room_channel(room),), room)
 
 
-@bp.websocket("/ws/notifications")
-async def notifications() -> Response | None:
-    svc = services()
+async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    await receive()  # websocket.connect
     if svc.draining:
-        await _refuse_while_draining()
-        return None
+        await _refuse_while_draining(send, request)
+        return
     try:
-        check_origin(svc.settings, websocket.headers, websocket.host)
-        principal = await _principal_before_accept(svc)
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await authenticate(svc.authenticator, svc.hub.backend, request.headers, request.args)
         if principal is not None:
             admit(svc, principal)
     except HubError as error:
-        return error.response()
-    await _serve(svc, principal, None, None)
-    return None
+        await reject_upgrade(send, request, error)
+        return
+    await _serve(svc, request, receive, send, principal, None, None)
 
 
-async def _refuse_while_draining() -> None:
+async def _refuse_while_draining(send: Send, request: Request) -> None:
     """Accept-then-1012 rather than an HTTP 503: browsers only see a code after an accept."""
-    await websocket.accept()
-    await _close(Closing(Close.SERVICE_RESTART, "server restarting: reconnect shortly"))
+    await send({"type": "websocket.accept"})
+    await _close(send, request, Closing(Close.SERVICE_RESTART, "server restarting: reconnect shortly"))
 
 
-async def _principal_before_accept(svc: Services) -> Principal | None:
-    """None when the request has no credentials: they may come in the first frame."""
-    return await authenticate(svc.authenticator, svc.hub.backend,
-                              websocket.headers, websocket.args)
+async def _close(send: Send, request: Request, closing: Closing) -> None:
+    """Sends the close frame; a peer that does not take it within the grace is dropped."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            await send({"type": "websocket.close", "code": closing.code, "reason": closing.reason})
+    except TimeoutError:
+        control = control_of(request.scope)
+        if control is not None:
+            control.abort()
 
 
-async def _principal_from_first_frame(svc: Services) -> Principal:
+async def _principal_from_first_frame(svc: Services, receive: Receive) -> Principal:
     """A WebSocket opened without credentials must send {"type":"auth","token"} first."""
     try:
         async with asyncio.timeout(AUTH_FRAME_TIMEOUT_S):
-            data = await websocket.receive()
+            event = await receive()
     except TimeoutError:
         raise Unauthorized(f"no auth frame within {AUTH_FRAME_TIMEOUT_S:.0f} s") from None
+    if event["type"] == "websocket.disconnect":
+        raise PeerLeft
+    data = _data(event)
     if len(data) > svc.settings.max_message_bytes:
         raise TooLarge("message too big")
     try:
@@ -128,154 +142,96 @@ async def _principal_from_first_frame(svc: Services) -> Principal:
     return svc.authenticator.verify(frame.token)
 
 
-async def _serve(svc: Services, principal: Principal | None,
-                 channels: tuple[str, ...] | None, room: str | None) -> None:
-    """Accepts, subscribes, and runs the connection until one side ends it."""
+async def _serve(svc: Services, request: Request, receive: Receive, send: Send,
+                 principal: Principal | None, channels: tuple[str, ...] | None,
+                 room: str | None) -> None:
+    """Accepts, subscribes, and serves the connection until the peer is gone."""
+    accepted = principal is None
     if principal is None:
-        await websocket.accept()
+        await send({"type": "websocket.accept"})
         try:
-            principal = await _principal_from_first_frame(svc)
+            principal = await _principal_from_first_frame(svc, receive)
             if room is not None:
                 principal.require_room(room)
             admit(svc, principal)
+        except PeerLeft:
+            return
         except HubError as error:
             svc.metrics.auth_failures += error.status == 401
-            await _close(Closing(error.close_code, error.detail[:120]))
+            await _close(send, request, Closing(error.close_code, error.detail[:120]))
             return
     if channels is None:
         channels = notification_channels(principal.user)
-    connection_id = new_connection_id()
     svc.connections.acquire(principal.user)
     svc.metrics.connections_opened += 1
     try:
-        async with svc.hub.subscribe(
-            channels, cursor=websocket.args.get("since"), connection_id=connection_id
-        ) as subscription:
-            await websocket.accept()
-            await websocket.send(welcome_frame(
-                channels[0], principal.user, subscription.recovered,
-                svc.settings.heartbeat_interval_s,
-            ))
-            closing = await _run(svc, principal, subscription, room)
-        await _close(closing)
+        async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
+                                     connection_id=new_connection_id()) as subscription:
+            if not accepted:
+                await send({"type": "websocket.accept"})
+                accepted = True
+            await send({"type": "websocket.send", "text": welcome_frame(
+                channels[0], principal.user, subscription.recovered, svc.settings.heartbeat_interval_s,
+            )})
+            connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room)
+            await connection.run(receive)
     except BackendUnavailable:
-        await websocket.accept()
-        await _close(Closing(Close.TRY_AGAIN_LATER, "backend unavailable"))
+        if not accepted:
+            await send({"type": "websocket.accept"})
+        await _close(send, request, BACKEND_DOWN)
     finally:
         svc.connections.release(principal.user)
 
 
-async def _close(closing: Closing) -> None:
-    """Sends the close frame; a peer that does not take it within the grace is dropped."""
-    try:
-        async with asyncio.timeout(CLOSE_GRACE_S):
-            await websocket.close(closing.code, closing.reason)
-    except TimeoutError:
-        control = control_of(websocket.scope)
-        if control is not None:
-            control.abort()
+class WebSocketConnection(LiveConnection):
+    frame_attribute = "ws_frame"
+    checks_silence = True
 
+    async def send_batch(self, batch: Sequence[Message]) -> None:
+        for message in batch:
+            await self.send({"type": "websocket.send", "text": message.json})
 
-async def _run(svc: Services, principal: Principal, subscription: Subscription,
-               room: str | None) -> Closing:
-    channel = subscription.channels[0]
-    if room is not None:
-        await svc.hub.join(channel, principal.user, subscription.connection_id)
-    control = control_of(websocket.scope)
-    direct = control.direct_writer(_WS_FRAME) if control is not None else None
-    if direct is not None:
-        subscription.write_now = direct.try_write
-    writer = asyncio.ensure_future(_write(subscription, direct))
-    # A writer stuck on a peer that stopped reading cannot see the overflow: cancel it.
-    subscription.on_overflow = lambda: _cancel(writer)
-    tasks = [
-        writer,
-        asyncio.ensure_future(_read(svc, principal, subscription, room)),
-        asyncio.ensure_future(_watch(svc, principal)),
-    ]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        task = done.pop()
-        if task.cancelled() or isinstance(task.exception(), SlowConsumer):
-            svc.metrics.slow_consumers += 1
-            return Closing(Close.TRY_AGAIN_LATER, "slow consumer: resume from your last id")
-        if task.exception() is not None:
-            log.error("connection of user %s on %s failed", principal.user, channel,
-                      exc_info=task.exception())
-            return Closing(Close.INTERNAL_ERROR, "internal error")
-        return task.result()
-    finally:
-        subscription.on_overflow = subscription.write_now = None  # nothing after the close frame
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if room is not None:
-            await svc.hub.leave(channel, principal.user, subscription.connection_id)
+    def heartbeat(self) -> None:
+        if self.control is not None:  # None under another server: no pings
+            self.control.ping()
 
+    async def send_ending(self, closing: Closing) -> None:
+        await self.send({"type": "websocket.close", "code": closing.code, "reason": closing.reason})
 
-def _cancel(task: asyncio.Future[Closing]) -> None:
-    task.cancel()
-
-
-async def _read(svc: Services, principal: Principal, subscription: Subscription,
-                room: str | None) -> Closing:
-    max_bytes = svc.settings.max_message_bytes
-    while True:
-        if subscription.backlog > REPLY_BACKLOG:
+    async def serve(self, receive: Receive) -> None:
+        sub, max_bytes = self.sub, self.svc.settings.max_message_bytes
+        while True:
+            if sub.backlog > REPLY_BACKLOG and self.closing is None:
+                try:
+                    async with asyncio.timeout(REPLY_WAIT_S):
+                        await sub.drained()
+                except TimeoutError:
+                    self.end(Closing(Close.TRY_AGAIN_LATER, "not reading replies: slow consumer"))
+            event = await receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            if self.closing is not None:
+                continue  # our close frame is out: wait for the peer's
+            data = _data(event)
+            if len(data) > max_bytes:
+                self.end(Closing(Close.TOO_BIG, f"messages are limited to {max_bytes} bytes"))
+                continue
             try:
-                async with asyncio.timeout(REPLY_WAIT_S):
-                    await subscription.drained()
-            except TimeoutError:
-                return Closing(Close.TRY_AGAIN_LATER, "not reading replies: slow consumer")
-        data = await websocket.receive()
-        if len(data) > max_bytes:
-            return Closing(Close.TOO_BIG, f"messages are limited to {max_bytes} bytes")
-        try:
-            frame = parse_frame(data)
-            if frame.type == "ping":
-                subscription.send_frame(_PONG)
-            elif frame.type == "chat" and room is not None:
-                message = await publish_chat(svc, principal, room, frame.text,
-                                             origin=subscription.connection_id)
-                subscription.send_frame(ack_frame(message.id, frame.ref))
-            else:
-                raise BadRequest(f"{frame.type!r} frames are not accepted here")
-        except HubError as error:
-            subscription.send_frame(error.frame())
+                await self._handle(data)
+            except HubError as error:
+                sub.send_frame(error.frame())
+            except Exception:
+                log.exception("connection of user %s on %s failed", self.principal.user, sub.channels[0])
+                self.end(INTERNAL_ERROR)
 
-
-async def _write(subscription: Subscription, direct: DirectWriter | None) -> Closing:
-    """Drains the outbox to the socket, a batch per write; raises SlowConsumer once it overflowed."""
-    control = control_of(websocket.scope)
-    while True:
-        batch = await subscription.next_batch()
-        if not batch:
-            return Closing(Close.SERVICE_RESTART, "server restarting")
-        if direct is not None:
-            await direct.write(batch)
-        elif control is not None:
-            await control.send_texts([message.json for message in batch])
+    async def _handle(self, data: str | bytes) -> None:
+        frame = parse_frame(data)
+        if frame.type == "ping":
+            self.sub.send_frame(_PONG)
+        elif frame.type == "chat" and self.room is not None:
+            message = await publish_chat(self.svc, self.principal, self.room, frame.text,
+                                         origin=self.sub.connection_id)
+            self.sub.send_frame(ack_frame(message.id, frame.ref))
         else:
-            for message in batch:
-                await websocket.send(message.json)
+            raise BadRequest(f"{frame.type!r} frames are not accepted here")
 
-
-async def _watch(svc: Services, principal: Principal) -> Closing:
-    """One timer per connection: pings every HEARTBEAT_INTERVAL, closes a peer silent (pongs
-    included) for IDLE_TIMEOUT, and closes with 4401 when the token expires."""
-    control = control_of(websocket.scope)  # None under another server: no pings, no idle check
-    interval, idle_limit = svc.settings.heartbeat_interval_s, svc.settings.idle_timeout_s
-    while True:
-        left = principal.seconds_left()
-        if left is not None and left <= 0:
-            return Closing(Close.UNAUTHORIZED, "token expired")
-        await asyncio.sleep(min(interval, idle_limit) if left is None else min(interval, idle_limit, left))
-        if control is None or (left is not None and left <= interval):
-            continue  # expiry (or nothing to ping with) is decided at the top
-        if control.idle_for() > idle_limit:
-            return Closing(Close.TRY_AGAIN_LATER, f"nothing received for {idle_limit:.0f} s")
-        try:
-            async with asyncio.timeout(interval):
-                await control.ping()
-        except TimeoutError:
-            pass  # the peer is not reading; the idle check or the outbox bound ends it

@@ -1,0 +1,136 @@
+"""The live endpoints served straight on ASGI; everything else goes to Quart.
+
+WebSocket and SSE subscribers stay connected for hours and are many. Quart gives
+each of them two tasks, a queue and a request context for its whole life: about
+14 KB per connection and a third of the connect time (docs/performance.md). The
+handlers that hold connections open are small, so they run on ASGI directly, in
+the one task the server gives each request. Short requests (POST, history,
+presence, the demo site, /healthz, /metrics) stay in Quart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from app.errors import HubError, MethodNotAllowed
+from app.transports.common import Services, cors_headers
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Services, "Request", Receive, Send], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Request:
+    """What a live handler reads off the scope: headers and query arguments (first value wins)."""
+
+    __slots__ = ("scope", "headers", "args")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        self.headers = Headers(headers)
+        args: dict[str, str] = {}
+        for key, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+            args.setdefault(key, value)
+        self.args = args
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("Host") or ""
+
+    @property
+    def path(self) -> str:
+        return str(self.scope["path"])
+
+
+class Headers:
+    """Case-insensitive ``get`` over request headers."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = values
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._values.get(name.lower(), default)
+
+
+def _raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+async def send_response(send: Send, status: int, body: bytes, headers: Mapping[str, str], *,
+                        websocket: bool = False) -> None:
+    """A whole HTTP response; ``websocket``: as the answer to an upgrade (a rejection)."""
+    prefix = "websocket." if websocket else ""
+    await send({"type": f"{prefix}http.response.start", "status": status,
+                "headers": _raw_headers({"Content-Length": str(len(body)), **headers})})
+    await send({"type": f"{prefix}http.response.body", "body": body})
+
+
+async def send_error(send: Send, request: Request, settings: Any, error: HubError) -> None:
+    """The JSON error response of API.md (with CORS headers for allowed origins)."""
+    headers = {"Content-Type": "application/json", **error.headers(),
+               **cors_headers(settings, request.headers.get("Origin"))}
+    await send_response(send, error.status, error.body().encode(), headers)
+
+
+async def reject_upgrade(send: Send, request: Request, error: HubError) -> None:
+    """Refuses a WebSocket before accepting it: its HTTP status and JSON body where the
+    server can send one (ASGI's websocket.http.response), else a bare 403."""
+    if "websocket.http.response" in (request.scope.get("extensions") or {}):
+        headers = {"Content-Type": "application/json", **error.headers()}
+        await send_response(send, error.status, error.body().encode(), headers, websocket=True)
+    else:
+        await send({"type": "websocket.close", "code": error.close_code})
+
+
+class LiveRouter:
+    """ASGI middleware: WebSocket and SSE endpoints by path, the rest to the wrapped app."""
+
+    def __init__(self, app: Any, svc: Services, websocket: Mapping[str, Handler],
+                 sse: Mapping[str, Handler]) -> None:
+        self._app: ASGIApp = app
+        self._svc = svc
+        self._websocket = dict(websocket)
+        self._sse = dict(sse)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        handler: Handler | None = None
+        if kind == "websocket":
+            handler = self._websocket.get(scope["path"])
+        elif kind == "http" and scope["path"] in self._sse:
+            handler = self._sse[scope["path"]] if scope["method"] == "GET" else _not_get
+        if handler is None:
+            await self._app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            await handler(self._svc, request, receive, send)
+        except Exception:
+            # The server answers 500 (or closes 1011) for a handler that raised.
+            log.exception("unhandled error on %s", request.path)
+
+
+_ALLOW = "GET, OPTIONS"
+
+
+async def _not_get(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    """CORS preflight for the SSE endpoints (fetch-based readers send Last-Event-ID); else 405."""
+    cors = cors_headers(svc.settings, request.headers.get("Origin"))
+    if request.scope["method"] == "OPTIONS":
+        await send_response(send, 200, b"", {"Allow": _ALLOW, **cors})
+        return
+    error = MethodNotAllowed(f"{request.scope['method']} is not allowed here: use GET")
+    headers = {"Content-Type": "application/json", "Allow": _ALLOW, **cors}
+    await send_response(send, error.status, error.body().encode(), headers)
