@@ -34,7 +34,7 @@ class Subscription:
         self.channels = channels
         self.connection_id = connection_id
         self.recovered: bool | None = None
-        self._outbox: deque[Message] = deque()
+        self._outbox: deque[Message] | None = None  # made when a message first has to wait
         self._maxsize = maxsize
         self._changed: asyncio.Event | None = None  # made by the first awaiting consumer
         self._held: list[Message] | None = None
@@ -51,7 +51,7 @@ class Subscription:
     @property
     def backlog(self) -> int:
         """Messages queued and not yet taken."""
-        return len(self._outbox)
+        return len(self._outbox) if self._outbox else 0
 
     @property
     def ended(self) -> bool:
@@ -108,6 +108,8 @@ class Subscription:
         if not outbox:
             if self.write_now is not None and self.write_now(message):
                 return
+            if outbox is None:
+                outbox = self._outbox = deque()
             outbox.append(message)
             self._signal()
             return
@@ -120,7 +122,7 @@ class Subscription:
         if self.overflowed:
             return
         self.overflowed = True
-        self._outbox.clear()
+        self._outbox = None
         self._signal()
 
     def close(self) -> None:
@@ -145,7 +147,7 @@ class Subscription:
         if not self._outbox:
             return []
         batch = list(self._outbox)
-        self._outbox.clear()
+        self._outbox = None
         if self._changed is not None:
             self._changed.set()  # wakes drained()
         return batch

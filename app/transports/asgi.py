@@ -28,20 +28,26 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Request:
-    """What a live handler reads off the scope: headers and query arguments (first value wins)."""
+    """What a live handler reads off the scope. Nothing is parsed ahead or kept: the request
+    object lives as long as the connection, and a handler reads a few values once."""
 
-    __slots__ = ("scope", "headers", "args")
+    __slots__ = ("scope",)
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-        self.headers = Headers(headers)
+
+    @property
+    def headers(self) -> Headers:
+        return Headers(self.scope["headers"])
+
+    @property
+    def args(self) -> dict[str, str]:
+        """Query arguments; the first value of a repeated one wins."""
         args: dict[str, str] = {}
-        for key, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        query = self.scope["query_string"].decode("latin-1")
+        for key, value in parse_qsl(query, keep_blank_values=True):
             args.setdefault(key, value)
-        self.args = args
+        return args
 
     @property
     def host(self) -> str:
@@ -53,15 +59,19 @@ class Request:
 
 
 class Headers:
-    """Case-insensitive ``get`` over request headers."""
+    """Case-insensitive ``get`` (first value wins) over an ASGI header list."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_raw",)
 
-    def __init__(self, values: dict[str, str]) -> None:
-        self._values = values
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        return self._values.get(name.lower(), default)
+        wanted = name.lower().encode("latin-1")
+        for key, value in self._raw:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return default
 
 
 def _raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

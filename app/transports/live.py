@@ -51,6 +51,9 @@ INTERNAL_ERROR = Closing(Close.INTERNAL_ERROR, "internal error")
 class LiveConnection:
     """Subclasses say how a message, a heartbeat and the ending go on their wire."""
 
+    __slots__ = ("svc", "principal", "sub", "room", "send", "control", "direct", "closing",
+                 "_loop", "_flusher", "_ender", "_timer", "_abort")
+
     frame_attribute: ClassVar[str]  # the Message attribute holding its bytes on this wire
     checks_silence: ClassVar[bool] = False  # WebSocket: close a peer silent for IDLE_TIMEOUT
 

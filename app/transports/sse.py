@@ -102,8 +102,13 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
 
 
 class SSEConnection(LiveConnection):
+    __slots__ = ("_beat",)
+
     frame_attribute = "sse_chunk"
-    _beat: asyncio.Task[None] | None = None
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._beat: asyncio.Task[None] | None = None  # a heartbeat through the server (HTTP/2)
 
     def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
         return scope.get("http_version") == "1.1"  # chunked bodies: HTTP/1.1 only

@@ -184,6 +184,8 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send,
 
 
 class WebSocketConnection(LiveConnection):
+    __slots__ = ()
+
     frame_attribute = "ws_frame"
     checks_silence = True
 
