@@ -18,6 +18,7 @@ from app.hub.hub import Hub, room_channel
 from app.hub.message import Message, dumps
 from app.limits import ConnectionLimiter
 from app.observability import Metrics
+from app.transports.connection_control import WriteBatcher
 
 _ROOM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -31,6 +32,7 @@ class Services:
     authenticator: Authenticator
     connections: ConnectionLimiter
     metrics: Metrics = field(default_factory=Metrics)
+    writes: WriteBatcher = field(default_factory=WriteBatcher)  # direct socket writes, per turn
     draining: bool = False
 
 

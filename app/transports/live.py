@@ -67,7 +67,7 @@ class LiveConnection:
         self.control: ConnectionControl | None = control_of(scope)
         self.direct: DirectWriter | None = None
         if self.control is not None and self.wire_allows_direct(scope):
-            self.direct = self.control.direct_writer(attrgetter(self.frame_attribute))
+            self.direct = self.control.direct_writer(attrgetter(self.frame_attribute), svc.writes)
         self.closing: Closing | None = None
         self._loop = asyncio.get_running_loop()
         self._flusher: asyncio.Task[None] | None = None
