@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from app.errors import HubError, MethodNotAllowed
+from app.errors import BadRequest, HubError, MethodNotAllowed
 from app.transports.common import Services, cors_headers
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ class LiveRouter:
             handler = self._websocket.get(scope["path"])
         elif kind == "http" and scope["path"] in self._sse:
             handler = self._sse[scope["path"]] if scope["method"] == "GET" else _not_get
+        elif kind == "http" and scope["path"] in self._websocket:
+            handler = _not_upgraded
         if handler is None:
             await self._app(scope, receive, send)
             return
@@ -144,3 +146,8 @@ async def _not_get(svc: Services, request: Request, receive: Receive, send: Send
     error = MethodNotAllowed(f"{request.scope['method']} is not allowed here: use GET")
     headers = {"Content-Type": "application/json", "Allow": _ALLOW, **cors}
     await send_response(send, error.status, error.body().encode(), headers)
+
+
+async def _not_upgraded(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    error = BadRequest(f"{request.path} is a WebSocket endpoint: connect with Upgrade: websocket")
+    await send_error(send, request, svc.settings, error)

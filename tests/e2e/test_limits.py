@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import ServerFactory
+from tests.conftest import LiveServer, ServerFactory
 from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
 
 
@@ -154,3 +154,36 @@ async def test_allowed_origins_get_cors_headers_and_preflight(server_factory: Se
         other = await client.post("/api/rooms/lobby/messages", content=b"hi", headers={
             "Origin": "https://evil.example", "Authorization": f"Bearer {server.token('a')}"})
         assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_sse_cross_origin_preflight_and_stream_get_cors_headers(server_factory: ServerFactory) -> None:
+    server = await server_factory({"ALLOWED_ORIGINS": "https://app.example"})
+    origin = {"Origin": "https://app.example"}
+    async with server.http() as client:
+        preflight = await client.options("/sse/chat?room=lobby", headers={
+            **origin, "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, last-event-id"})
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert "Last-Event-ID" in preflight.headers["Access-Control-Allow-Headers"]
+        refused = await client.get("/sse/chat?room=lobby", headers=origin)  # no token
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "unauthorized"
+        assert refused.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        token = server.token("a")
+        async with client.stream("GET", f"/sse/chat?room=lobby&token={token}", headers=origin) as sse:
+            assert sse.status_code == 200
+            assert sse.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert sse.headers["Content-Type"].startswith("text/event-stream")
+
+
+async def test_live_endpoints_answer_other_methods_with_json_errors(live_server: LiveServer) -> None:
+    async with live_server.http() as client:
+        post = await client.post("/sse/chat?room=lobby", content=b"x")
+        assert post.status_code == 405
+        assert post.json()["error"] == "method_not_allowed"
+        assert "GET" in post.headers["Allow"]
+        plain = await client.get("/ws/chat?room=lobby")  # no Upgrade
+        assert plain.status_code == 400
+        assert plain.json()["error"] == "bad_request"
+        assert "WebSocket" in plain.json()["detail"]
