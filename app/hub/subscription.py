@@ -34,7 +34,7 @@ class Subscription:
         self.channels = channels
         self.connection_id = connection_id
         self.recovered: bool | None = None
-        self._outbox: deque[Message] | None = None  # made when a message first has to wait
+        self._outbox: deque[Message] | None = None  # None while empty
         self._maxsize = maxsize
         self._changed: asyncio.Event | None = None  # made by the first awaiting consumer
         self._held: list[Message] | None = None
@@ -62,7 +62,10 @@ class Subscription:
         return f"{self._epoch}-{self._last_seq}" if self._last_seq else None
 
     def offer(self, message: Message) -> None:
-        """Called by the hub for every message of its channels; never blocks."""
+        """Called by the hub for every message of its channels; never blocks.
+
+        The hot path of fan-out: kept flat, so a live message costs one call down to the socket.
+        """
         if message.origin is not None and message.origin == self.connection_id:
             return  # the sender gets an ack instead of its own message
         if self._held is not None:
@@ -70,7 +73,16 @@ class Subscription:
             if len(self._held) > self._maxsize:
                 self._overflow()
             return
-        self._push(message)
+        seq = message.seq
+        if seq is not None:
+            if message.epoch == self._epoch and seq <= self._last_seq:
+                return  # already delivered (replay/live seam, or a backend catch-up)
+            self._epoch, self._last_seq = message.epoch, seq
+        if self.overflowed or self.closed:
+            return
+        if self._outbox is None and self.write_now is not None and self.write_now(message):
+            return
+        self._queue(message)
 
     def send_frame(self, json_text: str) -> None:
         """Queues a frame of this connection's own (ack, error, pong) behind earlier messages."""
@@ -104,19 +116,19 @@ class Subscription:
     def _append(self, message: Message) -> None:
         if self.overflowed or self.closed:
             return
+        if self._outbox is None and self.write_now is not None and self.write_now(message):
+            return
+        self._queue(message)
+
+    def _queue(self, message: Message) -> None:
         outbox = self._outbox
-        if not outbox:
-            if self.write_now is not None and self.write_now(message):
-                return
-            if outbox is None:
-                outbox = self._outbox = deque()
-            outbox.append(message)
+        if outbox is None:  # None while empty: idle subscriptions hold no deque
+            self._outbox = deque((message,))
             self._signal()
-            return
-        if len(outbox) >= self._maxsize:
+        elif len(outbox) >= self._maxsize:
             self._overflow()
-            return
-        outbox.append(message)
+        else:
+            outbox.append(message)
 
     def _overflow(self) -> None:
         if self.overflowed:

@@ -123,7 +123,7 @@ class DirectWriter:
     """
 
     __slots__ = ("_writer", "_transport", "_encode", "_high_water", "_batcher", "_pending",
-                 "_pending_bytes")
+                 "_pending_bytes", "_room")
 
     def __init__(self, writer: asyncio.StreamWriter, encode: Callable[[Message], bytes],
                  batcher: WriteBatcher) -> None:
@@ -134,21 +134,29 @@ class DirectWriter:
         self._batcher = batcher
         self._pending: list[bytes] | None = None  # this turn's frames
         self._pending_bytes = 0
+        self._room = 0  # below the high-water mark when this turn began
 
     def try_write(self, message: Message) -> bool:
         """True when taken (or the connection is gone); False: queue it."""
+        pending = self._pending
+        if pending is not None:  # not the turn's first: the transport was checked then
+            if self._pending_bytes > self._room:
+                return False
+            frame = self._encode(message)
+            pending.append(frame)
+            self._pending_bytes += len(frame)
+            return True
         transport = self._transport
         if transport.is_closing():
             return True  # the peer left; its handler is ending
-        if transport.get_write_buffer_size() + self._pending_bytes > self._high_water:
+        room = self._high_water - transport.get_write_buffer_size()
+        if room < 0:
             return False
         frame = self._encode(message)
-        self._pending_bytes += len(frame)
-        if self._pending is None:
-            self._pending = [frame]
-            self._batcher.add(self)
-        else:
-            self._pending.append(frame)
+        self._room = room
+        self._pending = [frame]
+        self._pending_bytes = len(frame)
+        self._batcher.add(self)
         return True
 
     def flush(self) -> None:
