@@ -318,6 +318,23 @@ async def test_redis_ghost_presence_of_a_dead_process_expires(make_redis: MakeRe
     assert await b.presence_add("room:a", "ann", "c2") is True
 
 
+@pytest.mark.redis
+async def test_redis_presence_renewal_in_batches_keeps_every_connection(
+        make_redis: MakeRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_backend, "RENEW_BATCH", 2)  # 5 connections: three script calls
+    a, b = await started(make_redis(presence_ttl_s=0.5)), make_redis()
+    for n in range(5):
+        await a.presence_add("room:a", f"user{n % 3}", f"c{n}")
+    await a.presence_add("room:b", "ann", "c9")
+
+    deadline = time.monotonic() + 1.5  # three TTLs: only the renewals keep them
+    while time.monotonic() < deadline:
+        assert await b.presence("room:a") == {"user0": 2, "user1": 2, "user2": 1}
+        assert await b.presence("room:b") == {"ann": 1}
+        await asyncio.sleep(0.05)
+    await a.close()
+
+
 async def kill_listeners(prefix: str) -> int:
     """Kills the pub/sub connections of the backends using ``prefix``: a dropped link."""
     client = aioredis.from_url(REDIS_URL, decode_responses=True)

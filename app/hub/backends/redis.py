@@ -32,6 +32,7 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 SUBSCRIBE_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 2.0
 IDLE_PING_S = 10.0  # an idle pub/sub connection is pinged; no reply in as long again drops it
+RENEW_BATCH = 500  # connections renewed per presence script call (a few ms of Redis time)
 # Per-channel counters outlive the stream, so a client back after the stream expired is told.
 META_EXTRA_TTL_S = 7 * 24 * 3600.0
 RESYNC_FRAME = '{"type":"resync"}'
@@ -103,17 +104,20 @@ for _, m in ipairs(expired) do
   if leave(u) == 1 then gone[#gone + 1] = u end
 end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
-local op, user = ARGV[1], ARGV[2]
-local member = #user .. ':' .. user .. (ARGV[3] or '')
+local op, ttl = ARGV[1], tonumber(ARGV[#ARGV])
 local result = 0
-if op == 'add' then
-  if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), member) == 1 then
-    if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then result = 1 end
+if op == 'add' then  -- op, then user, connection pairs (many when renewing), then the TTL
+  for i = 2, #ARGV - 1, 2 do
+    local user = ARGV[i]
+    if redis.call('ZADD', KEYS[1], now + ttl, #user .. ':' .. user .. ARGV[i + 1]) == 1 then
+      if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then result = 1 end
+    end
   end
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
 elseif op == 'remove' then
-  if redis.call('ZREM', KEYS[1], member) == 1 then result = leave(user) end
+  local user = ARGV[2]
+  if redis.call('ZREM', KEYS[1], #user .. ':' .. user .. ARGV[3]) == 1 then result = leave(user) end
 else
   return {redis.call('HGETALL', KEYS[2]), gone}
 end
@@ -505,18 +509,23 @@ class RedisBackend:
                 log.exception("deliver failed for %r", message)
 
     async def _refresh_presence(self) -> None:
-        """Renews this process's connections, so a crashed process's expire after the TTL."""
+        """Renews this process's connections, so a crashed process's expire after the TTL.
+
+        One script call per channel and ``RENEW_BATCH`` connections: renewing each
+        connection on its own cost ~0.1 ms of this process's CPU apiece, in one go."""
         while True:
             await asyncio.sleep(self._presence_ttl_s / 3)
+            by_channel: dict[str, list[str]] = {}
+            for channel, user, connection in tuple(self._local_presence):
+                by_channel.setdefault(channel, []).extend((user, connection))
+            ttl_ms = int(self._presence_ttl_s * 1000)
             try:
-                entries = tuple(self._local_presence)
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for channel, user, connection in entries:
-                        keys, args = self._presence_args(channel, "add", user, connection, False)
-                        await self._presence(keys=keys, args=args, client=pipe)
-                    replies = await pipe.execute()
-                for (channel, _, _), (_, gone) in zip(entries, replies, strict=True):
-                    await self._announce_expired(channel, gone)
+                for channel, pairs in by_channel.items():
+                    keys = [self._key("p", channel), self._key("pu", channel)]
+                    for i in range(0, len(pairs), 2 * RENEW_BATCH):
+                        _, gone = await self._presence(keys=keys,
+                                                       args=["add", *pairs[i:i + 2 * RENEW_BATCH], ttl_ms])
+                        await self._announce_expired(channel, gone)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
