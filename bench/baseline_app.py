@@ -53,7 +53,7 @@ def create_app() -> Quart:
     async def ws_chat() -> None:
         room = websocket.args.get("room", "lobby")
         await websocket.accept()
-        ws = websocket._get_current_object()
+        ws = websocket._get_current_object()  # type: ignore[attr-defined]  # the LocalProxy target
         ws_clients.setdefault(room, set()).add(ws)
         try:
             await ws.send(json.dumps({"type": "welcome", "channel": f"room:{room}"}))

@@ -105,6 +105,11 @@ class Subscriber(asyncio.Protocol):
                 stop = data.index(b'"', start)
                 samples.append((now - int(data[start:stop])) / 1e6)
 
+    @property
+    def port(self) -> int:
+        """The server's port (from ``host``)."""
+        return int(self.host.rsplit(":", 1)[1])
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()

@@ -3,6 +3,9 @@
 Every message's text is ``m#<seq>:<monotonic ns at send>``; ``sent_ns[seq]`` keeps the same
 send time so the watchdog can age the oldest undelivered message. ``seq`` grows for the
 whole life of a server, in the order the requests are written.
+
+Given several ports (servers sharing one hub through Redis), the connections alternate
+between them, so the POSTs are spread evenly (see ``Publisher``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Sequence
 
 
 class HttpConnection:
@@ -56,13 +60,20 @@ class HttpConnection:
 
 
 class Publisher:
-    """Posts chat messages to one room: paced, or as fast as the server answers."""
+    """Posts chat messages to one room: paced, or as fast as the server answers.
 
-    def __init__(self, port: int, room: str, token: str | None, connections: int = 64,
+    ``port``: one server, or several serving the same hub: connection ``i`` then goes to
+    ``ports[i % len(ports)]``. Paced, an idle connection takes the next slot and queues
+    again behind the others (``asyncio.Queue`` serves waiters in order), so while the
+    servers keep up the POSTs alternate between them; a server slow to answer gets fewer.
+    """
+
+    def __init__(self, port: int | Sequence[int], room: str, token: str | None, connections: int = 64,
                  paced_connections: int = 16, post_timeout_s: float = 5.0) -> None:
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self.headers = auth + "Content-Type: application/json\r\n"
-        self.port = port
+        self.ports = [port] if isinstance(port, int) else list(port)
+        self.port = self.ports[0]
         self.path = f"/api/rooms/{room}/messages"
         # Flat out: this many requests in flight. Fewer starve the server: in a trial with 8,
         # hubbub saw a third of the deliveries/s it reached with 32-128 (batches of one).
@@ -73,6 +84,7 @@ class Publisher:
         self.sent_ns: list[int] = [0]
         self.errors = 0
         self.answered = 0  # POSTs answered 202
+        self.answered_by_port: dict[int, int] = {}
         self.stopping = False  # set to end a paced run early: in-flight POSTs still finish
         self.lateness_s = 0.0  # worst delay between a paced message's slot and its send
         self._pending: deque[int] = deque()  # slots of paced messages not yet sent
@@ -96,6 +108,7 @@ class Publisher:
             self.errors += 1
             return False
         self.answered += 1
+        self.answered_by_port[conn.port] = self.answered_by_port.get(conn.port, 0) + 1
         return True
 
     async def post_raw(self, body: bytes, timeout_s: float | None = None) -> bool:
@@ -122,9 +135,9 @@ class Publisher:
         self.stopping = False
         sent = 0
 
-        async def worker() -> None:
+        async def worker(port: int) -> None:
             nonlocal sent
-            conn = HttpConnection(self.port, self.headers)
+            conn = HttpConnection(port, self.headers)
             try:
                 while True:
                     slot = await slots.get()
@@ -138,7 +151,8 @@ class Publisher:
             finally:
                 conn.close()
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.paced_connections)]
+        workers = [asyncio.create_task(worker(self.ports[i % len(self.ports)]))
+                   for i in range(self.paced_connections)]
         try:
             start = time.monotonic_ns()
             for i in range(total):
@@ -169,9 +183,9 @@ class Publisher:
         deadline = time.monotonic() + duration_s
         sent = 0
 
-        async def worker() -> None:
+        async def worker(port: int) -> None:
             nonlocal sent
-            conn = HttpConnection(self.port, self.headers)
+            conn = HttpConnection(port, self.headers)
             try:
                 while time.monotonic() < deadline and sent < max_messages:
                     sent += 1
@@ -180,7 +194,8 @@ class Publisher:
             finally:
                 conn.close()
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.connections)]
+        workers = [asyncio.create_task(worker(self.ports[i % len(self.ports)]))
+                   for i in range(self.connections)]
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(duration_s + self.post_timeout_s):

@@ -83,7 +83,8 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def _cell(stats: dict[str, float] | None) -> str:
+def spread_cell(stats: dict[str, float] | None) -> str:
+    """``median [min–max]`` (just the value for one run), or ``-``."""
     if not stats:
         return "-"
     if stats["runs"] == 1:
@@ -114,8 +115,8 @@ def table(summary: dict[str, Any], extra: list[str] | None = None) -> str:
                 continue
             ratio = "-" if entry["ratio"] is None else f"{entry['ratio']:.2f}×"
             target = targets.get(transport) or targets.get("*")
-            lines.append(f"| {label} | {transport} | {unit} | {_cell(entry['baseline'])} "
-                         f"| {_cell(entry['hubbub'])} | {ratio} | {_target(target, entry)} |")
+            lines.append(f"| {label} | {transport} | {unit} | {spread_cell(entry['baseline'])} "
+                         f"| {spread_cell(entry['hubbub'])} | {ratio} | {_target(target, entry)} |")
     for line in extra or []:
         lines.append(line)
     return "\n".join(lines)

@@ -5,17 +5,24 @@
 - ``slow_life``: 10% of the subscribers stop reading (their kernel buffers filled first),
   then the sustainable search again over the readers.
 - ``memory_life``: RSS growth per idle connection.
-- ``scale_out``: pending the Redis backend (a stub with the shape the real one will have).
+- ``scale_out``: sustainable deliveries/s of one vs two hubbub processes on Redis, each
+  process with the same CPU budget (a cgroup quota).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import os
+import secrets
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.servers import Server, ServerSpec
+from bench.report import spread
+from bench.servers import HUBBUB, RedisServer, Server, ServerSpec, cpu_quota_unavailable
 from bench.session import Meter, Session
 
 MEMORY_TRANSPORTS = ("sse", "ws")
@@ -41,6 +48,17 @@ class Plan:
     budget_s: float = 14 * 60
     server_core: int | None = 0
     transports: tuple[str, ...] = ("sse", "ws", "mix")
+    # scale-out: the CPU budget of every worker process, in cores (cgroup quota); both
+    # workers on the server core. 2 x 0.3 = 0.6 of it: the core also spends 14-19% in
+    # softirq at two workers' rates (charged to no process); with 2 x 0.4 it was full before
+    # the budgets ran out, so the ratio measured the core (see bench/README.md).
+    scale_out_quota: float = 0.3
+    scale_out_transport: str = "mix"
+    scale_out_precision: float = 1.08  # finer than ``precision``: the ratio compounds two searches
+    scale_out_saturation_s: float = 2.5  # then flat out: throughput, less sensitive to latency bursts
+    scale_out_runs: int | None = None  # None: ``runs``; 0: skipped
+    scale_out_budget_s: float = 170  # reserved out of ``budget_s``; no new run past it
+    scale_out_target: float = 1.7
 
     @property
     def latency_rate(self) -> float:
@@ -54,7 +72,9 @@ class Plan:
 
 QUICK = Plan(quick=True, runs=1, subscribers=200, idle_subscribers=500, latency_s=1.5,
              probe_s=0.8, max_probes=4, precision=1.25, saturation_s=1.5,
-             saturation_warmup_s=0.3, transports=("sse", "ws"), budget_s=110)
+             saturation_warmup_s=0.3, transports=("sse", "ws"), budget_s=110,
+             scale_out_runs=0, scale_out_budget_s=40, scale_out_precision=1.25,
+             scale_out_saturation_s=1.0)
 
 
 def kinds(transport: str, n: int) -> list[str]:
@@ -157,11 +177,202 @@ async def memory_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Pat
         server.stop()
 
 
-async def scale_out(plan: Plan, log_dir: Path) -> dict[str, Any]:
-    """One vs two Hypercorn workers on Redis: sustainable deliveries/s of each, and the ratio.
+def scale_out_unavailable(plan: Plan) -> str | None:
+    """Why the scale-out cannot be measured honestly here, or None."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not on PATH (install Redis: the scenario starts a private one)"
+    if plan.server_core is None:
+        return "fewer than 2 cores: the workers and the generator would share one"
+    why = cpu_quota_unavailable()
+    if why:
+        return f"no CPU budget can be enforced per worker ({why}); without one the workers " \
+               "would just share the server core"
+    return None
 
-    To be written with the Redis backend: start ``ServerSpec(..., workers=N,
-    env={"REDIS_URL": ...})`` without pinning to one core, spread the subscribers
-    over both workers, and run ``Session.sustainable`` against each.
+
+async def scale_out(plan: Plan, log_dir: Path) -> dict[str, Any]:
+    """One vs two Hypercorn worker processes on Redis: sustainable deliveries/s, and the ratio.
+
+    On 2 cores two workers cannot each have a core of their own, so every worker process
+    gets the same CPU budget, ``plan.scale_out_quota`` of a core (a cgroup CFS quota), and
+    all of them run on the server core, with room to spare (2 x 0.3 = 0.6 of it, plus the
+    softirq work the core does for them: the budgets, not the core, should run out).
+    One worker has one budget, two workers two: the ratio says how far hubbub's fan-out
+    scales across processes through Redis, not what a second core would give (the
+    workers share one core's caches, a quota stretches every burst of work by 1/quota in
+    wall time, and Redis sits on the generator's core; see bench/README.md).
+
+    "Two workers" are two separate Hypercorn processes (``--workers 0``, one port each,
+    the same ``REDIS_URL`` and ``REDIS_PREFIX``), not one ``--workers 2`` supervisor: the
+    kernel's accept balancing over one shared socket is uneven, while separate ports let
+    the generator put exactly half the subscribers of each kind on each process. The
+    publisher's connections alternate between the ports too, so each process answers half
+    the POSTs (what a load balancer in front would do), and every message reaches the
+    other process through Redis pub/sub.
+
+    A private ``redis-server`` (no persistence) runs on the generator's core for the whole
+    scenario; each life has a fresh key prefix. Per run: one worker, then two, each a
+    fresh set of processes, ``Session.sustainable`` over ``plan.subscribers`` readers,
+    then ``Session.saturation``. Servers, Redis and cgroups are removed in ``finally``.
     """
-    return {"status": "pending the Redis backend"}
+    why = scale_out_unavailable(plan)
+    if why:
+        return {"status": f"not measured: {why}"}
+    n_runs = plan.runs if plan.scale_out_runs is None else plan.scale_out_runs
+    gen_cores = sorted(os.sched_getaffinity(0))
+    redis_core = gen_cores[0] if len(gen_cores) == 1 else None  # the generator's core
+    runs: list[dict[str, Any]] = []
+    hints: dict[int, float] = {}
+    start = time.monotonic()
+    last_run_s = 0.0
+    redis = RedisServer(redis_core, log_dir)
+    try:
+        await redis.ready()
+        for run in range(n_runs):
+            if run and time.monotonic() - start + last_run_s > plan.scale_out_budget_s:
+                print(f"  (scale-out time budget: stopping after {run} runs)", flush=True)
+                break
+            run_start = time.monotonic()
+            record: dict[str, Any] = {}
+            for workers in (1, 2):
+                print(f"scale-out run {run + 1}/{n_runs} {workers} worker(s) on Redis, "
+                      f"{plan.scale_out_quota:g} core each", flush=True)
+                hint = hints.get(workers)
+                if hint is None and workers == 2 and record["1"]["rate"]:
+                    hint = record["1"]["rate"] * plan.scale_out_target
+                began = time.monotonic()
+                life = await _scale_out_life(workers, plan, log_dir, redis, hint)
+                life["life_s"] = round(time.monotonic() - began, 1)
+                record[str(workers)] = life
+                hints.setdefault(workers, life["rate"] or plan.first_rate)
+                each = "/".join(f"{c:g}" for c in life["worker_cpu_pct"])
+                search = life["search"]
+                sat = life["saturation"]
+                print(f"    [{life['life_s']} s] sustainable {life['deliveries_per_s']:,} deliv/s "
+                      f"({len(life['probes'])} probes{', capped' if life['capped'] else ''}) | "
+                      f"CPU at that rate: worker(s) {each}% of a core (quota "
+                      f"{100 * plan.scale_out_quota:g}%), generator {life['generator_cpu_pct']}%, "
+                      f"redis {life['redis_cpu_pct']}%; server core idle {life['core_idle_pct']}%, "
+                      f"softirq {life['core_softirq_pct']}% | failed on: {life['bound']} | over the "
+                      f"search: throttled {search.get('server_throttled_pct')}%, generator waited "
+                      f"{search['generator_waited_pct']}% | saturation {sat['deliveries_per_s']:,} "
+                      f"deliv/s ({sat['deliveries_per_cpu_s']:,} per worker CPU-s, lost "
+                      f"{sat['lost_pct']}%)", flush=True)
+            one, two = record["1"]["deliveries_per_s"], record["2"]["deliveries_per_s"]
+            record["ratio"] = round(two / one, 3) if one else None
+            runs.append(record)
+            last_run_s = time.monotonic() - run_start
+    finally:
+        redis.stop()
+    return {"status": "measured", "quota_cores": plan.scale_out_quota,
+            "transport": plan.scale_out_transport, "subscribers": plan.subscribers,
+            "summary": scale_out_summary(runs, plan.scale_out_target), "runs": runs}
+
+
+async def _scale_out_life(workers: int, plan: Plan, log_dir: Path, redis: RedisServer,
+                          hint: float | None) -> dict[str, Any]:
+    """``workers`` hubbub processes on one Redis hub, each with its CPU budget.
+
+    The sustainable search, then saturation (flat out, as in ``main_life``).
+    """
+    spec = replace(HUBBUB, env={**HUBBUB.env, "REDIS_URL": redis.url,
+                                "REDIS_PREFIX": f"bench-{os.getpid()}-{secrets.token_hex(4)}:"})
+    servers: list[Server] = []
+    try:
+        for _ in range(workers):
+            servers.append(Server(spec, plan.server_core, log_dir, cpu_quota=plan.scale_out_quota))
+        for server in servers:
+            await server.ready()
+        session = Session(servers)
+        try:
+            transport = plan.scale_out_transport
+            await session.connect(kinds(transport, 10 * workers), keep=False)  # warm the code paths
+            connect_s = await session.connect(kinds(transport, plan.subscribers))
+            await session.publisher.paced(20, 0.5)  # warm the Redis path (script, pub/sub)
+            await session.drained(session.readers(), 2.0)
+            redis_cpu = redis.cpu_s()
+            answered = dict(session.publisher.answered_by_port)
+            meter = Meter(servers)
+            result = await session.sustainable(hint or plan.first_rate, plan.probe_s, plan.max_probes,
+                                               step=1.2 if hint else 1.6,
+                                               precision=plan.scale_out_precision)
+            search = meter.read()
+            search["redis_cpu_pct"] = round(100 * (redis.cpu_s() - redis_cpu) / search["wall_s"], 1)
+            posts = [session.publisher.answered_by_port.get(s.port, 0) - answered.get(s.port, 0)
+                     for s in servers]
+            search["posts_answered_each"] = posts
+            search["subscribers_each"] = [sum(sub.port == s.port for sub in session.readers())
+                                          for s in servers]
+            await session.restore()
+            meter = Meter(servers)
+            saturation = await session.saturation(plan.scale_out_saturation_s,
+                                                  plan.saturation_max_messages, plan.saturation_warmup_s)
+            saturation.update(meter.read())
+        finally:
+            session.close()
+    finally:
+        for server in servers:
+            server.stop()
+    passed = [p for p in result["probes"] if p["ok"]]
+    failed = [p for p in result["probes"] if not p["ok"]]
+    at = max(passed, key=lambda p: p["rate"]) if passed else {}
+    above = min(failed, key=lambda p: p["rate"]) if failed else {}
+
+    def per_worker(probe: dict[str, Any]) -> list[float]:
+        return probe.get("server_cpu_pct_each") or [probe.get("server_cpu_pct", 0.0)]
+
+    # What stopped the first failing probe (a heuristic): the workers' budgets ran out, or the
+    # server core was full (softirq work and the other worker), or neither (noise, latency).
+    bound = None
+    if above:
+        if above.get("server_throttled_pct", 0) >= 5 * workers:
+            bound = "quota"
+        elif above.get("core_idle_pct", 100) < 5:
+            bound = "core"
+        else:
+            bound = "neither"
+
+    return {**result, "workers": workers, "quota_cores": plan.scale_out_quota,
+            "connect_s": round(connect_s, 3), "code": servers[0].version,
+            # CPU over the highest passing probe (the sustainable rate) and the lowest failing one
+            "worker_cpu_pct": per_worker(at) if at else [],
+            "generator_cpu_pct": at.get("generator_cpu_pct"),
+            "worker_cpu_pct_above": per_worker(above) if above else [],
+            "redis_cpu_pct": search["redis_cpu_pct"],
+            "core_idle_pct": at.get("core_idle_pct"), "core_softirq_pct": at.get("core_softirq_pct"),
+            "bound": bound, "search": search, "saturation": saturation}
+
+
+def scale_out_summary(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Medians [min-max] of each worker count, the ratio of the medians, and the verdict."""
+    if not runs:
+        return {}
+
+    def values(workers: str, key: str) -> list[Any]:
+        return [r[workers][key] for r in runs if r[workers].get(key) is not None]
+
+    def ratio_of(one: dict[str, float] | None, two: dict[str, float] | None) -> float | None:
+        return round(two["median"] / one["median"], 3) if one and two and one["median"] else None
+
+    one, two = spread(values("1", "deliveries_per_s")), spread(values("2", "deliveries_per_s"))
+    ratio = ratio_of(one, two)
+    sat = {w: spread([r[w]["saturation"]["deliveries_per_s"] for r in runs]) for w in ("1", "2")}
+    return {
+        "one_worker": one, "two_workers": two, "ratio": ratio,
+        "ratio_per_run": spread([r["ratio"] for r in runs if r["ratio"] is not None]),
+        "target": target, "verdict": None if ratio is None else ("ok" if ratio >= target else "MISS"),
+        "capped": any(r[w].get("capped") for r in runs for w in ("1", "2")),
+        "saturation": {"one_worker": sat["1"], "two_workers": sat["2"],
+                       "ratio": ratio_of(sat["1"], sat["2"]),
+                       "deliveries_per_cpu_s": {
+                           w: spread([r[w]["saturation"]["deliveries_per_cpu_s"] for r in runs])
+                           for w in ("1", "2")}},
+        "worker_cpu_pct": {w: spread([statistics.fmean(c) for c in values(w, "worker_cpu_pct") if c])
+                           for w in ("1", "2")},
+        "generator_cpu_pct": {w: spread(values(w, "generator_cpu_pct")) for w in ("1", "2")},
+        "redis_cpu_pct": {w: spread(values(w, "redis_cpu_pct")) for w in ("1", "2")},
+        # Noise: the generator (and redis-server) alone on their core should never wait.
+        "generator_waited_pct": spread([r[w]["search"]["generator_waited_pct"] for r in runs
+                                        for w in ("1", "2")]),
+        "code_versions": sorted({r[w]["code"] for r in runs for w in ("1", "2")}),
+    }

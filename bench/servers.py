@@ -1,13 +1,18 @@
 """Servers under test: Hypercorn subprocesses pinned to one core, their CPU time and memory.
 
 ``--workers 0`` makes Hypercorn serve in the process it starts (no supervisor), so the
-PID we hold is the one whose RSS and CPU we read. A spec with ``workers >= 1`` (the
-scale-out scenario) gets a supervisor; then the figures are summed over its children.
+PID we hold is the one whose RSS and CPU we read. A spec with ``workers >= 1`` gets a
+supervisor; then the figures are summed over its children. (The scale-out scenario does
+not use one: it starts separate ``--workers 0`` processes, see ``scenarios.scale_out``.)
+
+Also: ``CpuQuota``, a CPU budget for one process (a cgroup of its own, v1 or v2), and
+``RedisServer``, a private throw-away ``redis-server`` for the scale-out scenario.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -76,24 +81,193 @@ def code_version(paths: tuple[str, ...] = ("app", "bench/baseline_app.py")) -> s
     return f"{head}+{digest.hexdigest()[:8]}"
 
 
-class Server:
-    """One running Hypercorn; ``stop()`` always ends it (SIGTERM, then SIGKILL)."""
+def _pinned(cmd: list[str], core: int | None) -> list[str]:
+    if core is not None and shutil.which("taskset"):
+        return ["taskset", "-c", str(core), *cmd]
+    return cmd
 
-    def __init__(self, spec: ServerSpec, core: int | None, log_dir: Path) -> None:
+
+def _pin(pid: int, core: int | None) -> None:
+    if core is not None and not shutil.which("taskset"):
+        os.sched_setaffinity(pid, {core})
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def core_times(core: int) -> list[int]:
+    """``/proc/stat`` ticks of one core: user nice system idle iowait irq softirq steal."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{core} "):
+                return [int(x) for x in line.split()[1:9]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+class CpuQuotaUnavailable(RuntimeError):
+    """No writable cgroup CPU controller: a CPU budget cannot be enforced here."""
+
+
+def _own_cgroup(controller: str | None) -> str:
+    """This process's cgroup path in the v1 hierarchy of ``controller`` (None: the v2 one)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return "/"
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if (controller is None and controllers == "") or (
+                controller is not None and controller in controllers.split(",")):
+            return path or "/"
+    return "/"
+
+
+def _cgroup_base() -> tuple[int, Path]:
+    """(cgroup version, the directory new cgroups go in: under this process's own cgroup)."""
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():  # v2, unified
+        base = root / _own_cgroup(None).lstrip("/")
+        try:
+            if "cpu" not in (base / "cgroup.controllers").read_text().split():
+                raise CpuQuotaUnavailable(f"cgroup v2: no cpu controller in {base}")
+            if "cpu" not in (base / "cgroup.subtree_control").read_text().split():
+                (base / "cgroup.subtree_control").write_text("+cpu")
+        except OSError as exc:
+            raise CpuQuotaUnavailable(f"cgroup v2: cannot enable the cpu controller in {base}: "
+                                      f"{exc}") from exc
+        return 2, base
+    for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        hierarchy = root / name
+        if (hierarchy / "cpu.cfs_quota_us").exists():
+            return 1, hierarchy / _own_cgroup("cpu").lstrip("/")
+    raise CpuQuotaUnavailable("no cgroup v2 (/sys/fs/cgroup/cgroup.controllers) and no cgroup v1 "
+                              "cpu controller with CFS quotas (/sys/fs/cgroup/cpu/cpu.cfs_quota_us)")
+
+
+class CpuQuota:
+    """A CPU budget of ``cores`` (a fraction of one core) for the processes put in it.
+
+    A cgroup of its own: v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` or v2 ``cpu.max``,
+    period 100 ms. A process over its budget is throttled until the next period. Raises
+    ``CpuQuotaUnavailable`` when no cgroup can be made (not root, read-only, no controller).
+    """
+
+    PERIOD_US = 100_000
+
+    def __init__(self, name: str, cores: float) -> None:
+        self.version, base = _cgroup_base()
+        self.cores = cores
+        self.path = base / name
+        quota = max(1000, round(cores * self.PERIOD_US))
+        try:
+            self.path.mkdir()
+        except OSError as exc:
+            raise CpuQuotaUnavailable(f"cannot create the cgroup {self.path}: {exc}") from exc
+        try:
+            if self.version == 1:
+                (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        except OSError as exc:
+            self.remove()
+            raise CpuQuotaUnavailable(f"cannot set the CPU quota of {self.path}: {exc}") from exc
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def throttling(self) -> tuple[int, int, float]:
+        """(periods, periods in which the budget ran out, seconds spent throttled) so far."""
+        stat: dict[str, int] = {}
+        try:
+            for line in (self.path / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                stat[key] = int(value)
+        except (OSError, ValueError):
+            return 0, 0, 0.0
+        throttled_s = stat.get("throttled_time", 0) / 1e9 if self.version == 1 else \
+            stat.get("throttled_usec", 0) / 1e6
+        return stat.get("nr_periods", 0), stat.get("nr_throttled", 0), throttled_s
+
+    def remove(self, timeout_s: float = 2.0) -> None:
+        """Removes the cgroup (its processes must have exited: retried while it is busy)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    print(f"warning: could not remove the cgroup {self.path}", file=sys.stderr)
+                    return
+                time.sleep(0.05)
+
+
+def cpu_quota_unavailable() -> str | None:
+    """Why a ``CpuQuota`` cannot be made here, or None: tries one and removes it."""
+    try:
+        CpuQuota(f"hubbub-bench-check-{os.getpid()}", 0.5).remove()
+    except CpuQuotaUnavailable as exc:
+        return str(exc)
+    return None
+
+
+class Server:
+    """One running Hypercorn; ``stop()`` always ends it (SIGTERM, then SIGKILL).
+
+    ``cpu_quota``: a CPU budget in cores (``CpuQuota``) for the serving process, removed
+    by ``stop()``; only with ``workers == 0`` (a supervisor's children are not moved).
+    """
+
+    def __init__(self, spec: ServerSpec, core: int | None, log_dir: Path,
+                 cpu_quota: float | None = None) -> None:
         self.spec = spec
+        self.core = core
         self.version = code_version()
         self.port = free_port()
         self.log_path = log_dir / f"{spec.name}-{self.port}.log"
+        self.quota: CpuQuota | None = None
+        if cpu_quota is not None:
+            assert spec.workers == 0, "a CPU quota needs the serving process itself"
+            self.quota = CpuQuota(f"hubbub-bench-{self.port}", cpu_quota)
         cmd = [sys.executable, "-m", "hypercorn", "--worker-class", "uvloop",
                "--workers", str(spec.workers), "--bind", f"127.0.0.1:{self.port}", spec.app]
-        if core is not None and shutil.which("taskset"):
-            cmd = ["taskset", "-c", str(core), *cmd]
         env = {**os.environ, **spec.env}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        if core is not None and not shutil.which("taskset"):
-            os.sched_setaffinity(self.proc.pid, {core})
+        try:
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(_pinned(cmd, core), cwd=ROOT, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except BaseException:
+            if self.quota is not None:
+                self.quota.remove()
+            raise
+        try:
+            _pin(self.proc.pid, core)
+            if self.quota is not None:
+                # Before it has imported anything: the budget holds from start-up on.
+                self.quota.add(self.proc.pid)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def pids(self) -> list[int]:
@@ -107,17 +281,17 @@ class Server:
         return [int(p) for p in children.split()] or [self.proc.pid]
 
     def cpu_s(self) -> float:
-        total = 0
-        for pid in self.pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / _TICK
+        return sum(_cpu_s(pid) for pid in self.pids)
+
+    def throttled_s(self) -> float:
+        """Seconds its CPU quota held it back so far (0 without one)."""
+        return self.quota.throttling()[2] if self.quota is not None else 0.0
 
     def run_wait_s(self) -> float:
-        """Seconds the serving processes were runnable but waited for a CPU (others' load)."""
+        """Seconds the serving processes were runnable but waited for a CPU.
+
+        Others' load, or, under a ``cpu_quota``, also the time it was throttled.
+        """""
         total = 0
         for pid in self.pids:
             try:
@@ -174,10 +348,58 @@ class Server:
             last = now
 
     def stop(self, timeout_s: float = 3.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout_s)
+        try:
+            _stop(self.proc, timeout_s)
+        finally:
+            if self.quota is not None:
+                self.quota.remove()
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, no persistence; ``stop()`` always ends it."""
+
+    def __init__(self, core: int | None, log_dir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise FileNotFoundError("redis-server is not on PATH")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_path = log_dir / f"redis-{self.port}.log"
+        cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--daemonize", "no"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(_pinned(cmd, core), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        try:
+            _pin(self.proc.pid, core)
+        except BaseException:
+            self.stop()
+            raise
+
+    def cpu_s(self) -> float:
+        return _cpu_s(self.proc.pid)
+
+    async def ready(self, timeout_s: float = 10.0) -> None:
+        """Waits until it answers PING."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    try:
+                        writer.write(b"PING\r\n")
+                        if (await reader.readline()).startswith(b"+PONG"):
+                            return
+                    finally:
+                        writer.close()
+            await asyncio.sleep(0.05)
+        try:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            tail = ""
+        raise RuntimeError(f"redis-server not ready in {timeout_s} s:\n{tail}")
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        _stop(self.proc, timeout_s)

@@ -1,5 +1,9 @@
 """One server's life under load: its subscribers, its publisher, and the measurements on them.
 
+A session may also span several servers sharing one hub (the scale-out scenario): the
+subscribers of each kind are spread over them in turn, the publisher's connections too,
+and the CPU figures are summed over them.
+
 Every wait is bounded in time, every loop in count. The watchdog that decides
 "sustainable" looks at the oldest message some reading subscriber still lacks: the
 lowest ``last_seq`` over the readers, aged by the publisher's ``sent_ns``.
@@ -10,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.clients import Recorder, Subscriber, open_subscriber
 from bench.publisher import Publisher
-from bench.servers import Server, token
+from bench.servers import Server, core_times, token
 
 ROOM = "lobby"
 MAX_AGE_S = 0.5  # the sustainable criterion: nothing undelivered for longer than this
@@ -24,30 +29,64 @@ MAX_SLOPE = 0.05  # ... and the oldest undelivered message's age must not keep g
 WATCH_EVERY_S = 0.02
 
 
+def _servers(server: Server | Sequence[Server]) -> list[Server]:
+    return [server] if isinstance(server, Server) else list(server)
+
+
 @dataclass
 class Meter:
-    """Wall time and the CPU of the generator (this process) and of the server, over a phase."""
+    """Wall time and the CPU of the generator (this process) and of the server(s), over a phase.
 
-    server: Server
+    With several servers, ``server_*`` are sums (so may pass 100%) and ``server_cpu_pct_each``
+    lists each one's share. Servers under a CPU quota add ``server_throttled_pct`` (summed;
+    that time is also in ``server_waited_pct``: runnable, held back by the quota).
+    ``core_softirq_pct`` and ``core_idle_pct``: the server core's time in softirq (mostly the
+    loopback TCP receive work for what the server sends, charged to no process) and idle.
+    """
+
+    server: Server | Sequence[Server]
     wall: float = field(default_factory=time.monotonic)
     gen: float = field(default_factory=time.process_time)
-    srv: float = 0.0
+    srv: list[float] = field(default_factory=list)
     wait: float = 0.0
     gen_wait: float = 0.0
+    throttled: float = 0.0
+    core_ticks: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.srv = self.server.cpu_s()
-        self.wait = self.server.run_wait_s()
+        self.servers = _servers(self.server)
+        cores = {s.core for s in self.servers}
+        self.core = cores.pop() if len(cores) == 1 else None
+        self.core_ticks = core_times(self.core) if self.core is not None else []
+        self.srv = [s.cpu_s() for s in self.servers]
+        self.wait = sum(s.run_wait_s() for s in self.servers)
         self.gen_wait = own_run_wait_s()
+        self.throttled = sum(s.throttled_s() for s in self.servers)
 
-    def read(self) -> dict[str, float]:
+    def read(self) -> dict[str, Any]:
         """CPU use in % of one core; ``server_waited_pct``: runnable but another process had the core."""
         wall = max(time.monotonic() - self.wall, 1e-9)
-        return {"wall_s": round(wall, 3),
-                "generator_cpu_pct": round(100 * (time.process_time() - self.gen) / wall, 1),
-                "server_cpu_pct": round(100 * (self.server.cpu_s() - self.srv) / wall, 1),
-                "server_waited_pct": round(100 * (self.server.run_wait_s() - self.wait) / wall, 1),
-                "generator_waited_pct": round(100 * (own_run_wait_s() - self.gen_wait) / wall, 1)}
+        each = [round(100 * (s.cpu_s() - before) / wall, 1) for s, before in zip(self.servers, self.srv,
+                                                                                strict=True)]
+        wait = sum(s.run_wait_s() for s in self.servers)
+        out: dict[str, Any] = {
+            "wall_s": round(wall, 3),
+            "generator_cpu_pct": round(100 * (time.process_time() - self.gen) / wall, 1),
+            "server_cpu_pct": round(sum(each), 1),
+            "server_waited_pct": round(100 * (wait - self.wait) / wall, 1),
+            "generator_waited_pct": round(100 * (own_run_wait_s() - self.gen_wait) / wall, 1)}
+        if len(each) > 1:
+            out["server_cpu_pct_each"] = each
+        if any(s.quota is not None for s in self.servers):
+            throttled = sum(s.throttled_s() for s in self.servers) - self.throttled
+            out["server_throttled_pct"] = round(100 * throttled / wall, 1)
+        if self.core is not None and self.core_ticks:
+            ticks = [b - a for a, b in zip(self.core_ticks, core_times(self.core), strict=False)]
+            total = max(sum(ticks), 1)
+            if len(ticks) == 8:
+                out["core_softirq_pct"] = round(100 * ticks[6] / total, 1)
+                out["core_idle_pct"] = round(100 * (ticks[3] + ticks[4]) / total, 1)
+        return out
 
 
 def own_run_wait_s() -> float:
@@ -71,13 +110,26 @@ class Probe:
 
 
 class Session:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    """Subscribers and a publisher on one server, or on several serving the same hub."""
+
+    def __init__(self, server: Server | Sequence[Server]) -> None:
+        self.servers = _servers(server)
         self.recorder = Recorder()
         self.subs: list[Subscriber] = []
-        auth = server.spec.authenticated
+        auth = self.servers[0].spec.authenticated
         self.sub_token = token("bench") if auth else None
-        self.publisher = Publisher(server.port, ROOM, token("bench-publisher") if auth else None)
+        self.publisher = Publisher([s.port for s in self.servers], ROOM,
+                                   token("bench-publisher") if auth else None)
+        self._placed: dict[str, int] = {}  # subscribers of each kind opened so far
+
+    def _port(self, kind: str) -> int:
+        """Each kind in turn over the servers: a 50/50 mix puts half of each kind on each."""
+        n = self._placed.get(kind, 0)
+        self._placed[kind] = n + 1
+        return self.servers[n % len(self.servers)].port
+
+    def cpu_s(self) -> float:
+        return sum(s.cpu_s() for s in self.servers)
 
     # -- connections ---------------------------------------------------------
 
@@ -86,25 +138,29 @@ class Session:
         return path + f"&token={self.sub_token}" if self.sub_token else path
 
     async def connect(self, kinds: list[str], stall: bool = False, concurrency: int = 100,
-                      keep: bool = True, timeout_s: float = 60.0) -> float:
+                      keep: bool = True, timeout_s: float = 60.0,
+                      ports: list[int] | None = None) -> float:
         """Opens one subscriber per entry of ``kinds`` (at most ``concurrency`` at a time).
 
+        ``ports``: the server of each (default: each kind in turn over the servers).
         Returns the seconds until every one of them had its welcome.
         """
         gate = asyncio.Semaphore(concurrency)
         opened: list[Subscriber] = []
+        if ports is None:
+            ports = [self._port(kind) for kind in kinds]
 
-        async def one(kind: str) -> None:
+        async def one(kind: str, port: int) -> None:
             async with gate:
-                sub = await open_subscriber(kind, self.recorder, self.server.port,
-                                            self._path(kind), stall=stall)
+                sub = await open_subscriber(kind, self.recorder, port, self._path(kind), stall=stall)
                 sub.last_seq = self.publisher.seq  # it can only miss what comes next
                 opened.append(sub)
 
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                await asyncio.gather(*(one(kind) for kind in kinds))
+                await asyncio.gather(*(one(kind, port) for kind, port in zip(kinds, ports,
+                                                                               strict=True)))
         except BaseException:
             for sub in opened:
                 sub.close()
@@ -125,7 +181,7 @@ class Session:
         gone = [s for s in self.readers() if s.closed]
         if gone:
             self.subs = [s for s in self.subs if s not in gone]
-            await self.connect([s.kind for s in gone])
+            await self.connect([s.kind for s in gone], ports=[s.port for s in gone])
         return len(gone)
 
     def close(self) -> None:
@@ -222,11 +278,14 @@ class Session:
         probes: list[dict[str, Any]] = []
         grow = step
         for _ in range(max_probes):
+            meter = Meter(self.servers)
             result = await self.probe(rate, duration_s)
+            cpu = meter.read()
             probes.append({"rate": round(rate, 2), "ok": result.ok, "reason": result.reason,
                            "worst_age_s": round(result.worst_age_s, 3),
                            "slope": round(result.slope, 3),
-                           "post_lateness_s": round(result.post_lateness_s, 3)})
+                           "post_lateness_s": round(result.post_lateness_s, 3),
+                           **{k: v for k, v in cpu.items() if k != "wall_s"}})
             if result.ok:
                 lo = rate
             else:
@@ -280,9 +339,9 @@ class Session:
         before = self.delivered(readers)
         task = asyncio.create_task(self.publisher.flat_out(duration_s, max_messages))
         await asyncio.sleep(warmup_s)
-        t0, c0, cpu0 = time.monotonic(), self.delivered(readers), self.server.cpu_s()
+        t0, c0, cpu0 = time.monotonic(), self.delivered(readers), self.cpu_s()
         await task
-        t1, c1, cpu1 = time.monotonic(), self.delivered(readers), self.server.cpu_s()
+        t1, c1, cpu1 = time.monotonic(), self.delivered(readers), self.cpu_s()
         await self.settle(readers, quiet_s=0.3, timeout_s=2.0)
         published = self.publisher.seq - floor
         expected = published * len(readers)
