@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import report, scenarios
 from bench.scenarios import MEMORY_TRANSPORTS, QUICK, Plan
-from bench.servers import BASELINE, HUBBUB, ROOT
+from bench.servers import BASELINE, FLOOR, HUBBUB, ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -132,7 +132,7 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
                       f"({share} of sustainable; {slow['stalled_closed_by_server']} of "
                       f"{slow['stalled']} stalled closed by the server)", flush=True)
         for transport in MEMORY_TRANSPORTS:
-            for spec in (BASELINE, HUBBUB):
+            for spec in (FLOOR, BASELINE, HUBBUB):
                 print(f"run {run + 1}/{plan.runs} {transport:>3} {spec.name:<8} memory", flush=True)
                 began = time.monotonic()
                 mem = await scenarios.memory_life(spec, transport, plan, log_dir)
@@ -164,6 +164,23 @@ def _progress(name: str, out: dict[str, Any]) -> None:
 
 
 def _extra(data: dict[str, Any]) -> list[str]:
+    return _floor_rows(data) + _scale_out_rows(data)
+
+
+def _floor_rows(data: dict[str, Any]) -> list[str]:
+    """Hypercorn's own memory per idle connection (an empty ASGI app), and hubbub above it."""
+    rows = []
+    for transport, per_server in (data.get("runs", {}).get("memory") or {}).items():
+        floor = report.spread([r["kb_per_connection"] for r in per_server.get("floor", [])])
+        hubbub = report.spread([r["kb_per_connection"] for r in per_server.get("hubbub", [])])
+        if floor and hubbub:
+            rows.append(f"|   floor: Hypercorn, empty ASGI app | {transport} | KB | "
+                        f"{report.spread_cell(floor)} | hubbub +{hubbub['median'] - floor['median']:.1f} "
+                        f"| | |")
+    return rows
+
+
+def _scale_out_rows(data: dict[str, Any]) -> list[str]:
     """The scale-out rows: 1 worker and 2 workers in the baseline and hubbub columns."""
     out = data.get("scale_out") or {}
     summary = out.get("summary")

@@ -160,8 +160,9 @@ async def memory_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Pat
     session = Session(server)
     try:
         await session.connect(kinds(transport, 50))  # warm-up, kept open
-        await session.publisher.paced(50, 0.1)
-        await session.drained(session.readers(), 2.0)
+        if spec.publishes:
+            await session.publisher.paced(50, 0.1)
+            await session.drained(session.readers(), 2.0)
         await server.wait_idle(quiet_s=0.2, timeout_s=2.0)
         before = server.rss_kb()
         seconds = await session.connect(kinds(transport, plan.idle_subscribers), timeout_s=120)

@@ -41,14 +41,17 @@ UNTHROTTLED = {
 
 @dataclass(frozen=True)
 class ServerSpec:
-    name: str  # "baseline" or "hubbub"
+    name: str  # "baseline", "hubbub" or "floor"
     app: str  # Hypercorn application path
     authenticated: bool  # needs ?token= and a bearer
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 0
+    publishes: bool = True  # False: holds connections, delivers nothing (the floor)
 
 
 BASELINE = ServerSpec("baseline", "bench.baseline_app:create_app()", authenticated=False)
+# Hypercorn holding connections for an empty ASGI app: the memory scenario's floor.
+FLOOR = ServerSpec("floor", "bench.floor_app:app", authenticated=False, publishes=False)
 HUBBUB = ServerSpec("hubbub", "app:create_app()", authenticated=True,
                     env={"JWT_SECRET": SECRET, **UNTHROTTLED})
 
