@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -101,7 +102,7 @@ class LiveConnection:
         self.sub.on_ready = self._on_ready
         if self.sub.backlog or self.sub.ended:  # a replay queued before we listened
             self._on_ready()
-        self._schedule()
+        self._schedule(first=True)
         try:
             if self.room is not None:
                 try:
@@ -183,9 +184,11 @@ class LiveConnection:
 
     # -- timer -------------------------------------------------------------------------
 
-    def _schedule(self) -> None:
+    def _schedule(self, first: bool = False) -> None:
         settings = self.svc.settings
         delay = settings.heartbeat_interval_s
+        if first:  # clients that connected together (after a restart) do not beat together
+            delay *= random.uniform(0.5, 1.0)
         if self.checks_silence:
             delay = min(delay, settings.idle_timeout_s)
         left = self.principal.seconds_left()
