@@ -3,7 +3,9 @@
 Writes bench/results/latest.json (or quick.json) and bench/results/latency.png (or
 quick-latency.png) and prints the table. The generator pins itself to core 1 and
 each server to core 0. ``--only scale-out`` runs just the scale-out scenario (one vs two
-workers on Redis) and writes bench/results/scale-out.json instead.
+workers on Redis) and writes bench/results/scale-out.json instead; ``--only slow-paired``
+measures hubbub's slow-client share with and without the stalled subscribers in one
+server life (bench/results/slow-paired.json).
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def _add(results: dict[str, Any], scenario: str, transport: str, server: str, ru
 async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str, Any]:
     if only == "scale-out":
         return {"scale_out": await scenarios.scale_out(plan, log_dir)}
+    if only == "slow-paired":
+        return {"scale_out": {"status": "not run (--only slow-paired)"},
+                "slow_paired": await slow_paired(plan, log_dir)}
     results: dict[str, Any] = {}
     hints: dict[tuple[str, str], float] = {}
     start = time.monotonic()
@@ -153,6 +158,24 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
             traceback.print_exc()
             results["scale_out"] = {"status": f"failed: {exc!r}"[:300]}
     return results
+
+
+async def slow_paired(plan: Plan, log_dir: Path) -> dict[str, Any]:
+    """hubbub's slow-client share with and without the stalled subscribers in one server life."""
+    out: dict[str, Any] = {}
+    for run in range(plan.runs):
+        for transport in plan.transports:
+            print(f"run {run + 1}/{plan.runs} {transport:>3} hubbub   slow, paired", flush=True)
+            life = await scenarios.paired_slow_life(HUBBUB, transport, plan, log_dir, None)
+            out.setdefault(transport, []).append(life)
+            print(f"    with {life['stalled']} stalled: {life['with_stalled']['deliveries_per_s']:,} "
+                  f"deliv/s; without: {life['without']['deliveries_per_s']:,}; share "
+                  f"{life['share_pct']}%", flush=True)
+    for transport, lives in out.items():
+        share = report.spread([life["share_pct"] for life in lives])
+        print(f"{transport}: share of sustainable with 10% stalled, same life: "
+              f"{report.spread_cell(share)} %", flush=True)
+    return out
 
 
 def _progress(name: str, out: dict[str, Any]) -> None:
@@ -269,9 +292,10 @@ def main() -> int:
                         help="regression guard: 200 subscribers, 1 run, short phases (< 2 min); "
                              "skips the scale-out")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3, quick 1)")
-    parser.add_argument("--only", choices=["scale-out"],
-                        help="run only this scenario (scale-out: ~2.5 min; with --quick 1 short run); "
-                             "writes bench/results/scale-out.json (quick-scale-out.json)")
+    parser.add_argument("--only", choices=["scale-out", "slow-paired"],
+                        help="run only this scenario (scale-out: ~2.5 min; with --quick 1 short run; "
+                             "slow-paired: hubbub's slow-client share with and without the stalled "
+                             "subscribers in one server life, ~5 min); writes bench/results/NAME.json")
     parser.add_argument("--table", action="store_true",
                         help="print the table of the last results (latest.json, or quick.json "
                              "with --quick, scale-out.json with --only) without running anything")
@@ -291,7 +315,7 @@ def main() -> int:
     plan = QUICK if args.quick else Plan()
     if args.runs:
         plan = plan.__class__(**{**plan.__dict__, "runs": args.runs})
-    if args.only and plan.scale_out_runs == 0:
+    if args.only == "scale-out" and plan.scale_out_runs == 0:
         plan = plan.__class__(**{**plan.__dict__, "scale_out_runs": 1})
     plan = prepare(plan)
     # SIGTERM as Ctrl-C: the finally blocks stop the servers and redis-server and remove the cgroups.
@@ -333,12 +357,18 @@ def main() -> int:
                          for per_t in results.get(scenario, {}).values()
                          for runs in per_t.values() for run in runs if "code" in run})
     scale = results.pop("scale_out")
+    paired = results.pop("slow_paired", None)
     versions = sorted(set(versions) | set((scale.get("summary") or {}).get("code_versions", [])))
     meta["code_versions"] = versions
     summary = report.summarize(results)
     share = generator_share(results)
     prefix = "quick-" if plan.quick else ""
     data = {"meta": meta, "summary": summary, "generator": share, "scale_out": scale, "runs": results}
+    if paired is not None:
+        data["slow_paired"] = paired
+        report.write_json(RESULTS / f"{name}.json", data)
+        print(f"wrote {RESULTS / f'{name}.json'}")
+        return 0
     report.write_json(RESULTS / f"{name}.json", data)
     if args.only:
         print()

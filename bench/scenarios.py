@@ -155,6 +155,44 @@ async def slow_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
         server.stop()
 
 
+async def paired_slow_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
+                           hint: float | None) -> dict[str, Any]:
+    """The slow-client share measured within one server life, so two lives' noise does not enter.
+
+    As ``slow_life``: 10% stalled subscribers (kernel buffers filled), then the readers and
+    the sustainable search over them; then the stalled ones leave and the same readers are
+    searched again. share = with / without, over the same readers and the same process.
+    """
+    server = await _start(spec, plan, log_dir)
+    session = Session(server)
+    try:
+        stalled = round(plan.subscribers * plan.stalled_share)
+        await session.connect(kinds(transport, stalled), stall=True)
+        filler = b'{"text":"%s"}' % (b"f" * plan.filler_bytes)
+        for _ in range(plan.filler_messages):
+            if not await session.publisher.post_raw(filler, timeout_s=1.5):
+                break
+        await server.wait_idle()
+        await session.connect(kinds(transport, plan.subscribers - stalled))
+        start = hint or plan.first_rate
+        with_stalled = await session.sustainable(start, plan.probe_s, plan.max_probes, step=1.2,
+                                                 precision=plan.precision)
+        for sub in session.subs:
+            if sub.stall:
+                sub.close()
+        session.subs = [sub for sub in session.subs if not sub.stall]
+        await server.wait_idle()
+        without = await session.sustainable(with_stalled["rate"] or start, plan.probe_s, plan.max_probes,
+                                            step=1.2, precision=plan.precision)
+        base = without["deliveries_per_s"]
+        return {"with_stalled": with_stalled, "without": without, "stalled": stalled,
+                "share_pct": round(100 * with_stalled["deliveries_per_s"] / base, 1) if base else None,
+                "code": server.version}
+    finally:
+        session.close()
+        server.stop()
+
+
 async def memory_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path) -> dict[str, Any]:
     server = await _start(spec, plan, log_dir)
     session = Session(server)
