@@ -126,21 +126,31 @@ async def main_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
         server.stop()
 
 
+async def _stalled_and_readers(server: Server, session: Session, transport: str,
+                               plan: Plan) -> tuple[int, int]:
+    """Connects the stalled share, fills their kernel buffers, then connects the readers.
+
+    Returns how many stalled and how many filler POSTs were answered.
+    """
+    stalled = round(plan.subscribers * plan.stalled_share)
+    await session.connect(kinds(transport, stalled), stall=True)
+    filler = b'{"text":"%s"}' % (b"f" * plan.filler_bytes)
+    filled = 0
+    for _ in range(plan.filler_messages):
+        if not await session.publisher.post_raw(filler, timeout_s=1.5):
+            break  # the server blocks on a stalled subscriber: that is what we wanted to see
+        filled += 1
+    await server.wait_idle()
+    await session.connect(kinds(transport, plan.subscribers - stalled))
+    return stalled, filled
+
+
 async def slow_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
                     hint: float | None) -> dict[str, Any]:
     server = await _start(spec, plan, log_dir)
     session = Session(server)
     try:
-        stalled = round(plan.subscribers * plan.stalled_share)
-        await session.connect(kinds(transport, stalled), stall=True)
-        filler = b'{"text":"%s"}' % (b"f" * plan.filler_bytes)
-        filled = 0
-        for _ in range(plan.filler_messages):
-            if not await session.publisher.post_raw(filler, timeout_s=1.5):
-                break  # the server blocks on a stalled subscriber: that is what we wanted to see
-            filled += 1
-        await server.wait_idle()
-        await session.connect(kinds(transport, plan.subscribers - stalled))
+        stalled, filled = await _stalled_and_readers(server, session, transport, plan)
         meter = Meter(server)
         result = await session.sustainable(hint or plan.first_rate, plan.probe_s, plan.max_probes,
                                            step=1.2 if hint else 1.6, precision=plan.precision)
@@ -166,14 +176,7 @@ async def paired_slow_life(spec: ServerSpec, transport: str, plan: Plan, log_dir
     server = await _start(spec, plan, log_dir)
     session = Session(server)
     try:
-        stalled = round(plan.subscribers * plan.stalled_share)
-        await session.connect(kinds(transport, stalled), stall=True)
-        filler = b'{"text":"%s"}' % (b"f" * plan.filler_bytes)
-        for _ in range(plan.filler_messages):
-            if not await session.publisher.post_raw(filler, timeout_s=1.5):
-                break
-        await server.wait_idle()
-        await session.connect(kinds(transport, plan.subscribers - stalled))
+        stalled, _ = await _stalled_and_readers(server, session, transport, plan)
         start = hint or plan.first_rate
         with_stalled = await session.sustainable(start, plan.probe_s, plan.max_probes, step=1.2,
                                                  precision=plan.precision)

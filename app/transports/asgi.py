@@ -74,7 +74,7 @@ class Headers:
         return default
 
 
-def _raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
@@ -83,13 +83,18 @@ async def send_response(send: Send, status: int, body: bytes, headers: Mapping[s
     """A whole HTTP response; ``websocket``: as the answer to an upgrade (a rejection)."""
     prefix = "websocket." if websocket else ""
     await send({"type": f"{prefix}http.response.start", "status": status,
-                "headers": _raw_headers({"Content-Length": str(len(body)), **headers})})
+                "headers": raw_headers({"Content-Length": str(len(body)), **headers})})
     await send({"type": f"{prefix}http.response.body", "body": body})
 
 
-async def send_error(send: Send, request: Request, settings: Any, error: HubError) -> None:
+def _error_headers(error: HubError) -> dict[str, str]:
+    return {"Content-Type": "application/json", **error.headers()}
+
+
+async def send_error(send: Send, request: Request, settings: Any, error: HubError,
+                     extra: Mapping[str, str] | None = None) -> None:
     """The JSON error response of API.md (with CORS headers for allowed origins)."""
-    headers = {"Content-Type": "application/json", **error.headers(),
+    headers = {**_error_headers(error), **(extra or {}),
                **cors_headers(settings, request.headers.get("Origin"))}
     await send_response(send, error.status, error.body().encode(), headers)
 
@@ -98,8 +103,8 @@ async def reject_upgrade(send: Send, request: Request, error: HubError) -> None:
     """Refuses a WebSocket before accepting it: its HTTP status and JSON body where the
     server can send one (ASGI's websocket.http.response), else a bare 403."""
     if "websocket.http.response" in (request.scope.get("extensions") or {}):
-        headers = {"Content-Type": "application/json", **error.headers()}
-        await send_response(send, error.status, error.body().encode(), headers, websocket=True)
+        await send_response(send, error.status, error.body().encode(), _error_headers(error),
+                            websocket=True)
     else:
         await send({"type": "websocket.close", "code": error.close_code})
 
@@ -139,13 +144,12 @@ _ALLOW = "GET, OPTIONS"
 
 async def _not_get(svc: Services, request: Request, receive: Receive, send: Send) -> None:
     """CORS preflight for the SSE endpoints (fetch-based readers send Last-Event-ID); else 405."""
-    cors = cors_headers(svc.settings, request.headers.get("Origin"))
     if request.scope["method"] == "OPTIONS":
+        cors = cors_headers(svc.settings, request.headers.get("Origin"))
         await send_response(send, 200, b"", {"Allow": _ALLOW, **cors})
         return
     error = MethodNotAllowed(f"{request.scope['method']} is not allowed here: use GET")
-    headers = {"Content-Type": "application/json", "Allow": _ALLOW, **cors}
-    await send_response(send, error.status, error.body().encode(), headers)
+    await send_error(send, request, svc.settings, error, {"Allow": _ALLOW})
 
 
 async def _not_upgraded(svc: Services, request: Request, receive: Receive, send: Send) -> None:

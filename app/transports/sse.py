@@ -21,7 +21,7 @@ from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import notification_channels, room_channel
 from app.hub.message import Message
 from app.hub.wire import http_chunk
-from app.transports.asgi import Receive, Request, Send, send_error
+from app.transports.asgi import Receive, Request, Send, raw_headers, send_error
 from app.transports.common import (
     Services,
     admit,
@@ -77,8 +77,7 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
                   principal: Principal, channels: tuple[str, ...], room: str | None) -> None:
     cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     headers = {**_HEADERS, **cors_headers(svc.settings, request.headers.get("Origin"))}
-    start = {"type": "http.response.start", "status": 200,
-             "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]}
+    start = {"type": "http.response.start", "status": 200, "headers": raw_headers(headers)}
     started = False
     svc.connections.acquire(principal.user)
     svc.metrics.connections_opened += 1
