@@ -181,7 +181,8 @@ async def slow_paired(plan: Plan, log_dir: Path) -> dict[str, Any]:
 def _progress(name: str, out: dict[str, Any]) -> None:
     lat, sus, sat = out["latency"], out["sustainable"], out["saturation"]
     print(f"    [{out['connect']['life_s']} s] connect {out['connect']['seconds']} s | "
-          f"p50 {lat['p50_ms']} p99 {lat['p99_ms']} "
+          f"latency at arrival p50 {lat.get('arrival_p50_ms')} p99 {lat.get('arrival_p99_ms')} "
+          f"max {lat.get('arrival_max_ms')}, when read p50 {lat['p50_ms']} p99 {lat['p99_ms']} "
           f"max {lat['max_ms']} ms | sustainable {sus['deliveries_per_s']:,}/s "
           f"({len(sus['probes'])} probes) | saturation {sat['deliveries_per_s']:,}/s "
           f"lost {sat['lost_pct']}% | CPU: generator {sat['generator_cpu_pct']}% "

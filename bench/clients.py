@@ -1,9 +1,24 @@
-"""Lightweight subscribers on raw asyncio sockets: a WebSocket and an SSE reader, no JSON decoding.
+"""Lightweight subscribers on raw non-blocking sockets: a WebSocket and an SSE reader, no JSON decoding.
 
-Chat messages carry ``m#<seq>:<send monotonic ns>`` as their text. A reader counts the
-messages in each read, keeps the highest ``seq`` (that is all the watchdog needs) and,
-only when asked (``Recorder.detail``), the latency of every message. The per-message
-work is a ``bytes.find`` or ``bytes.count``; everything else is per read.
+Chat messages carry ``m#<seq>:<send ns>`` as their text, the send time on CLOCK_REALTIME
+(``time.time_ns()``, see ``bench/publisher.py``). A reader counts the messages in each read,
+keeps the highest ``seq`` (that is all the watchdog needs) and, only when asked
+(``Recorder.detail``), two latencies for every message:
+
+- ``arrival``: the kernel's receive timestamp of the read that completed it, minus the stamp.
+  Every subscriber socket has ``SO_TIMESTAMPNS`` set and is read with ``recvmsg``; for TCP,
+  Linux reports (``SCM_TIMESTAMPNS``, CLOCK_REALTIME) the timestamp of the last segment that
+  read consumed, so it is never earlier than any message in it actually arrived.
+- ``read``: ``time.time_ns()`` when the generator parsed the read, minus the stamp. One
+  process reads all the sockets in turn, so this includes its own serial reading time.
+
+Both are differences on CLOCK_REALTIME, so no clock conversion is needed.
+
+No asyncio transport: each socket is read from a ``loop.add_reader`` callback (uvloop and
+plain asyncio both support it on a raw fd), one ``recvmsg`` per readiness. Writes (the
+request, pongs) are tiny: sent directly, anything the socket does not take waits in a small
+buffer for an ``add_writer`` callback. The per-message work is a ``bytes.find`` or
+``bytes.count``; everything else, the timestamp included, is per read.
 """
 
 from __future__ import annotations
@@ -16,18 +31,37 @@ import struct
 import time
 
 MARK = b"m#"
+# Linux: SO_TIMESTAMPNS (asm-generic SO_TIMESTAMPNS_OLD) = 35; the cmsg type SCM_TIMESTAMPNS is
+# the same number. Python 3.11 does not export the constant. The cmsg data is a native struct
+# timespec (two longs).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@ll")
+ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+# Per read, recvmsg allocates a bytes of READ_SIZE and shrinks it. At 256 KiB (asyncio's
+# transports) that is glibc's mmap range: mmap + mremap + munmap and a page fault on every
+# read (~15 us more per read here); under the 128 KiB threshold it comes from the heap. More
+# pending data than 64 KiB just takes another callback.
+READ_SIZE = 64 * 1024
+_SOL_SOCKET = socket.SOL_SOCKET
 
 
 class Recorder:
-    """What all subscribers of one phase share: latency samples (ms) when ``detail`` is on."""
+    """What all subscribers of one phase share: latency samples (ms) when ``detail`` is on.
+
+    ``latencies_ms``: read latency (generator parsed it − stamp); ``arrival_ms``: arrival
+    latency (kernel receive timestamp − stamp), one of each per message, in the same order.
+    ``unstamped``: messages whose read had no kernel timestamp (their arrival is the read time).
+    """
 
     def __init__(self) -> None:
         self.detail = False
         self.latencies_ms: list[float] = []
+        self.arrival_ms: list[float] = []
+        self.unstamped = 0
 
 
-class Subscriber(asyncio.Protocol):
-    """Common state: the HTTP response head, the welcome, counts, close."""
+class Subscriber:
+    """Common state: the socket, the HTTP response head, the welcome, counts, close."""
 
     kind = ""
 
@@ -41,19 +75,85 @@ class Subscriber(asyncio.Protocol):
         self.closed = False
         self.close_code: int | None = None
         self.status = 0
-        self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None
         self.welcomed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._fd = -1
+        self._reading = False
+        self._out = b""  # bytes the socket has not taken yet (an add_writer is then pending)
+        self._anc: list[tuple[int, int, bytes]] = []  # the last read's ancillary data
         self._head = b""
         self._in_body = False
 
-    # -- asyncio.Protocol --------------------------------------------------
+    # -- the socket ----------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request())  # type: ignore[attr-defined]
+    def start(self, sock: socket.socket) -> None:
+        """Takes a connected non-blocking socket: starts reading and sends the request."""
+        self.sock = sock
+        self._fd = sock.fileno()
+        self._loop.add_reader(self._fd, self._readable)
+        self._reading = True
+        self._write(self.request())
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _readable(self) -> None:
+        try:
+            data, self._anc, _, _ = self.sock.recvmsg(READ_SIZE, ANC_SIZE)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if data:
+            self.data_received(data)
+        else:
+            self._lost(None)  # EOF
+
+    def _write(self, data: bytes) -> None:
+        if self.sock is None or self.closed:
+            return
+        if self._out:  # already waiting for the socket: keep the order
+            self._out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if sent < len(data):
+            self._out = data[sent:]
+            self._loop.add_writer(self._fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self._out)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        self._out = self._out[sent:]
+        if not self._out:
+            self._loop.remove_writer(self._fd)
+
+    def _release(self) -> None:
+        """Unregisters the fd from the loop, then closes the socket (no flush: like ``abort``)."""
+        sock, self.sock = self.sock, None
         self.closed = True
+        if sock is None:
+            return
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+        if self._out:
+            self._out = b""
+            self._loop.remove_writer(self._fd)
+        sock.close()
+
+    def _lost(self, exc: Exception | None) -> None:
+        """The connection ended (EOF, error) or we closed it: as ``connection_lost``."""
+        self._release()
         if not self.welcomed.done():
             self.welcomed.set_exception(ConnectionError(f"closed before welcome ({self.status})"))
 
@@ -87,8 +187,10 @@ class Subscriber(asyncio.Protocol):
     def _welcome(self) -> None:
         if not self.welcomed.done():
             self.welcomed.set_result(None)
-            if self.stall and self.transport is not None:
-                self.transport.pause_reading()  # stops reading for good: the kernel buffers fill
+            if self.stall and self._reading:
+                # Stops reading for good: the kernel buffers fill.
+                self._reading = False
+                self._loop.remove_reader(self._fd)
 
     def _chat(self, data: bytes, positions: list[int] | None, last: int, n: int) -> None:
         """``n`` chat messages in ``data``; ``last`` is where the last one's MARK sits."""
@@ -98,12 +200,22 @@ class Subscriber(asyncio.Protocol):
         if seq > self.last_seq:
             self.last_seq = seq
         if positions is not None:
-            now = time.monotonic_ns()
-            samples = self.recorder.latencies_ms
+            now = time.time_ns()
+            arrival = now
+            for level, kind, cdata in self._anc:
+                if level == _SOL_SOCKET and kind == SO_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack_from(cdata)
+                    arrival = sec * 1_000_000_000 + nsec
+            recorder = self.recorder
+            if arrival == now:
+                recorder.unstamped += len(positions)
+            reads = recorder.latencies_ms
+            arrivals = recorder.arrival_ms
             for pos in positions:
                 start = data.index(b":", pos) + 1
-                stop = data.index(b'"', start)
-                samples.append((now - int(data[start:stop])) / 1e6)
+                stamp = int(data[start:data.index(b'"', start)])
+                reads.append((now - stamp) / 1e6)
+                arrivals.append((arrival - stamp) / 1e6)
 
     @property
     def port(self) -> int:
@@ -111,8 +223,8 @@ class Subscriber(asyncio.Protocol):
         return int(self.host.rsplit(":", 1)[1])
 
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.abort()
+        if self.sock is not None:
+            self._lost(None)
         self.closed = True
 
     def request(self) -> bytes:
@@ -192,11 +304,11 @@ class WSSubscriber(Subscriber):
             self._buf = data[i:]
 
     def _send(self, opcode: int, payload: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if self.sock is None:
             return
         mask = os.urandom(4)
         masked = bytes(b ^ mask[k % 4] for k, b in enumerate(payload))
-        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        self._write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
 
 
 class SSESubscriber(Subscriber):
@@ -254,13 +366,14 @@ async def open_subscriber(kind: str, recorder: Recorder, port: int, path: str,
     sub = cls(recorder, path, host, stall)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # a kernel receive time on every read
     if stall:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     sock.setblocking(False)
     try:
         async with asyncio.timeout(timeout_s):
             await loop.sock_connect(sock, ("127.0.0.1", port))
-            await loop.create_connection(lambda: sub, sock=sock)
+            sub.start(sock)
             await sub.welcomed
     except BaseException:
         sub.close()

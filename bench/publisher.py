@@ -1,8 +1,12 @@
 """The publisher: chat POSTs over a few keep-alive HTTP/1.1 connections on raw asyncio streams.
 
-Every message's text is ``m#<seq>:<monotonic ns at send>``; ``sent_ns[seq]`` keeps the same
-send time so the watchdog can age the oldest undelivered message. ``seq`` grows for the
-whole life of a server, in the order the requests are written.
+Every message's text is ``m#<seq>:<ns at send>``, the send time on CLOCK_REALTIME
+(``time.time_ns()``): the subscribers compare it with the kernel's receive timestamps
+(``SO_TIMESTAMPNS``, also CLOCK_REALTIME) and with their own read time, so every latency is a
+difference on one clock and nothing is converted. ``sent_ns[seq]`` keeps the send time (or
+the slot the message was due at) on the monotonic clock, so the watchdog can age the oldest
+undelivered message. ``seq`` grows for the whole life of a server, in the order the requests
+are written.
 
 Given several ports (servers sharing one hub through Redis), the connections alternate
 between them, so the POSTs are spread evenly (see ``Publisher``).
@@ -90,11 +94,11 @@ class Publisher:
         self._pending: deque[int] = deque()  # slots of paced messages not yet sent
 
     def _next(self, due_ns: int | None = None) -> bytes:
-        """The next message: its text carries the send time; ``sent_ns`` when it was due."""
+        """The next message: its text carries the send time (CLOCK_REALTIME ns, for latency);
+        ``sent_ns`` when it was due (monotonic ns, for the watchdog)."""
         self.seq += 1
-        now = time.monotonic_ns()
-        self.sent_ns.append(due_ns or now)
-        return b'{"text":"m#%d:%d"}' % (self.seq, now)
+        self.sent_ns.append(due_ns or time.monotonic_ns())
+        return b'{"text":"m#%d:%d"}' % (self.seq, time.time_ns())
 
     async def _post(self, conn: HttpConnection, body: bytes, timeout_s: float | None = None) -> bool:
         try:

@@ -314,22 +314,32 @@ class Session:
                 "capped": hi == float("inf"), "probes": probes}
 
     async def latency(self, rate: float, duration_s: float) -> dict[str, Any]:
-        """Every delivery's latency at ``rate`` messages/s (after a short warm-up)."""
+        """Every delivery's latency at ``rate`` messages/s (after a short warm-up), measured twice.
+
+        ``samples`` (read): when the generator parsed the message − its send stamp; one
+        process reads every socket in turn, so this includes the generator's serial reading.
+        ``arrival_samples``: the kernel's receive timestamp of the read that completed the
+        message (``SO_TIMESTAMPNS``) − its send stamp: what a client on its own machine would
+        see. Both in ms, on CLOCK_REALTIME (see ``bench/clients.py``). ``unstamped``:
+        deliveries whose read came without a kernel timestamp (arrival = read time).
+        """
         readers = self.readers()
+        recorder = self.recorder
         await self.publisher.paced(rate, min(0.5, duration_s / 4))
         await self.drained(readers, 2.0)
         floor = self.publisher.seq
-        self.recorder.latencies_ms = []
-        self.recorder.detail = True
+        recorder.latencies_ms, recorder.arrival_ms, recorder.unstamped = [], [], 0
+        recorder.detail = True
         try:
             sent = await self.publisher.paced(rate, duration_s)
             await self.drained(readers, 2.0)
         finally:
-            self.recorder.detail = False
-        samples = self.recorder.latencies_ms
-        self.recorder.latencies_ms = []
+            recorder.detail = False
+        samples, arrival = recorder.latencies_ms, recorder.arrival_ms
+        recorder.latencies_ms, recorder.arrival_ms = [], []
         expected = (self.publisher.seq - floor) * len(readers)
-        return {"sent": sent, "samples": samples, "missing": max(0, expected - len(samples))}
+        return {"sent": sent, "samples": samples, "arrival_samples": arrival,
+                "unstamped": recorder.unstamped, "missing": max(0, expected - len(samples))}
 
     async def saturation(self, duration_s: float, max_messages: int, warmup_s: float) -> dict[str, Any]:
         """Deliveries/s while the publisher posts back to back; then what never arrived."""
