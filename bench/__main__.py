@@ -3,9 +3,7 @@
 Writes bench/results/latest.json (or quick.json) and bench/results/latency.png (or
 quick-latency.png) and prints the table. The generator pins itself to core 1 and
 each server to core 0. ``--only scale-out`` runs just the scale-out scenario (one vs two
-workers on Redis) and writes bench/results/scale-out.json instead; ``--only slow-paired``
-measures hubbub's slow-client share with and without the stalled subscribers in one
-server life (bench/results/slow-paired.json).
+workers on Redis) and writes bench/results/scale-out.json instead.
 """
 
 from __future__ import annotations
@@ -96,9 +94,6 @@ def _add(results: dict[str, Any], scenario: str, transport: str, server: str, ru
 async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str, Any]:
     if only == "scale-out":
         return {"scale_out": await scenarios.scale_out(plan, log_dir)}
-    if only == "slow-paired":
-        return {"scale_out": {"status": "not run (--only slow-paired)"},
-                "slow_paired": await slow_paired(plan, log_dir)}
     results: dict[str, Any] = {}
     hints: dict[tuple[str, str], float] = {}
     start = time.monotonic()
@@ -124,18 +119,15 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
                 _progress(spec.name, out)
             for spec in (BASELINE, HUBBUB):
                 print(f"run {run + 1}/{plan.runs} {transport:>3} {spec.name:<8} slow", flush=True)
-                normal = main[spec.name]["sustainable"]
                 began = time.monotonic()
                 slow = await scenarios.slow_life(spec, transport, plan, log_dir,
-                                                 normal["rate"] or plan.first_rate)
+                                                 main[spec.name]["sustainable"]["rate"])
                 slow["life_s"] = round(time.monotonic() - began, 1)
-                base = normal["deliveries_per_s"]
-                slow["share_pct"] = round(100 * slow["deliveries_per_s"] / base, 1) if base else None
                 _add(results, "slow", transport, spec.name, slow)
                 share = "-" if slow["share_pct"] is None else f"{slow['share_pct']}%"
-                print(f"    [{slow['life_s']} s] slow: {slow['deliveries_per_s']:,} deliv/s "
-                      f"({share} of sustainable; {slow['stalled_closed_by_server']} of "
-                      f"{slow['stalled']} stalled closed by the server)", flush=True)
+                print(f"    [{slow['life_s']} s] slow: {slow['deliveries_per_s']:,} deliv/s with "
+                      f"{slow['stalled']} stalled, {slow['without_per_s']:,} without ({share}); "
+                      f"{slow['stalled_closed_by_server']} stalled closed by the server", flush=True)
         for transport in MEMORY_TRANSPORTS:
             # The floor is a fixed reference (its RSS per connection does not move between
             # runs): measured in the first run only, to keep three runs within 15 minutes.
@@ -158,24 +150,6 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
             traceback.print_exc()
             results["scale_out"] = {"status": f"failed: {exc!r}"[:300]}
     return results
-
-
-async def slow_paired(plan: Plan, log_dir: Path) -> dict[str, Any]:
-    """hubbub's slow-client share with and without the stalled subscribers in one server life."""
-    out: dict[str, Any] = {}
-    for run in range(plan.runs):
-        for transport in plan.transports:
-            print(f"run {run + 1}/{plan.runs} {transport:>3} hubbub   slow, paired", flush=True)
-            life = await scenarios.paired_slow_life(HUBBUB, transport, plan, log_dir, None)
-            out.setdefault(transport, []).append(life)
-            print(f"    with {life['stalled']} stalled: {life['with_stalled']['deliveries_per_s']:,} "
-                  f"deliv/s; without: {life['without']['deliveries_per_s']:,}; share "
-                  f"{life['share_pct']}%", flush=True)
-    for transport, lives in out.items():
-        share = report.spread([life["share_pct"] for life in lives])
-        print(f"{transport}: share of sustainable with 10% stalled, same life: "
-              f"{report.spread_cell(share)} %", flush=True)
-    return out
 
 
 def _progress(name: str, out: dict[str, Any]) -> None:
@@ -293,10 +267,9 @@ def main() -> int:
                         help="regression guard: 200 subscribers, 1 run, short phases (< 2 min); "
                              "skips the scale-out")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3, quick 1)")
-    parser.add_argument("--only", choices=["scale-out", "slow-paired"],
-                        help="run only this scenario (scale-out: ~2.5 min; with --quick 1 short run; "
-                             "slow-paired: hubbub's slow-client share with and without the stalled "
-                             "subscribers in one server life, ~5 min); writes bench/results/NAME.json")
+    parser.add_argument("--only", choices=["scale-out"],
+                        help="run only this scenario (scale-out: ~2.5 min; with --quick 1 short "
+                             "run); writes bench/results/NAME.json")
     parser.add_argument("--table", action="store_true",
                         help="print the table of the last results (latest.json, or quick.json "
                              "with --quick, scale-out.json with --only) without running anything")
@@ -358,18 +331,12 @@ def main() -> int:
                          for per_t in results.get(scenario, {}).values()
                          for runs in per_t.values() for run in runs if "code" in run})
     scale = results.pop("scale_out")
-    paired = results.pop("slow_paired", None)
     versions = sorted(set(versions) | set((scale.get("summary") or {}).get("code_versions", [])))
     meta["code_versions"] = versions
     summary = report.summarize(results)
     share = generator_share(results)
     prefix = "quick-" if plan.quick else ""
     data = {"meta": meta, "summary": summary, "generator": share, "scale_out": scale, "runs": results}
-    if paired is not None:
-        data["slow_paired"] = paired
-        report.write_json(RESULTS / f"{name}.json", data)
-        print(f"wrote {RESULTS / f'{name}.json'}")
-        return 0
     report.write_json(RESULTS / f"{name}.json", data)
     if args.only:
         print()

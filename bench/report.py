@@ -36,7 +36,8 @@ ROWS: list[Row] = [
     ("memory", "kb_per_connection", "memory per idle conn", "KB", {"*": ("<=", 20.0)}),
     ("connect", "seconds", "connect all, authenticated", "s", {"*": ("<=", 0.5)}),
     ("slow", "deliveries_per_s", "sustainable, 10% stalled", "deliv/s", {}),
-    ("slow", "share_pct", "  share of sustainable", "%", {"*": (">=", 90.0)}),
+    ("slow", "without_per_s", "  same life, the stalled gone", "deliv/s", {}),
+    ("slow", "share_pct", "  share: with / without", "%", {"*": (">=", 90.0)}),
 ]
 
 

@@ -3,7 +3,7 @@
 - ``main_life``: connect (1,000), latency (20k deliveries/s), sustainable, saturation: in that
   order, since saturation may leave a backlog or closed subscribers behind.
 - ``slow_life``: 10% of the subscribers stop reading (their kernel buffers filled first),
-  then the sustainable search again over the readers.
+  the sustainable search over the readers; then without the stalled, same readers, same life.
 - ``memory_life``: RSS growth per idle connection.
 - ``scale_out``: sustainable deliveries/s of one vs two hubbub processes on Redis, each
   process with the same CPU budget (a cgroup quota).
@@ -147,50 +147,39 @@ async def _stalled_and_readers(server: Server, session: Session, transport: str,
 
 async def slow_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
                     hint: float | None) -> dict[str, Any]:
+    """The slow-client share, measured within one server life so two lives' noise stays out.
+
+    10% stalled subscribers (kernel buffers filled), then the readers and the sustainable
+    search over them; then the stalled ones leave and the same readers are searched again.
+    share = with / without: same readers, same process.
+    """
     server = await _start(spec, plan, log_dir)
     session = Session(server)
     try:
         stalled, filled = await _stalled_and_readers(server, session, transport, plan)
+        start = hint or plan.first_rate
         meter = Meter(server)
-        result = await session.sustainable(hint or plan.first_rate, plan.probe_s, plan.max_probes,
-                                           step=1.2 if hint else 1.6, precision=plan.precision)
+        result = await session.sustainable(start, plan.probe_s, plan.max_probes, step=1.2,
+                                           precision=plan.precision)
         result.update(meter.read())
         result["stalled"] = stalled
         result["code"] = server.version
         result["filler_posts_answered"] = filled
         result["stalled_closed_by_server"] = sum(s.closed for s in session.subs if s.stall)
-        return result
-    finally:
-        session.close()
-        server.stop()
-
-
-async def paired_slow_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
-                           hint: float | None) -> dict[str, Any]:
-    """The slow-client share measured within one server life, so two lives' noise does not enter.
-
-    As ``slow_life``: 10% stalled subscribers (kernel buffers filled), then the readers and
-    the sustainable search over them; then the stalled ones leave and the same readers are
-    searched again. share = with / without, over the same readers and the same process.
-    """
-    server = await _start(spec, plan, log_dir)
-    session = Session(server)
-    try:
-        stalled, _ = await _stalled_and_readers(server, session, transport, plan)
-        start = hint or plan.first_rate
-        with_stalled = await session.sustainable(start, plan.probe_s, plan.max_probes, step=1.2,
-                                                 precision=plan.precision)
         for sub in session.subs:
             if sub.stall:
                 sub.close()
         session.subs = [sub for sub in session.subs if not sub.stall]
         await server.wait_idle()
-        without = await session.sustainable(with_stalled["rate"] or start, plan.probe_s, plan.max_probes,
+        meter = Meter(server)
+        without = await session.sustainable(result["rate"] or start, plan.probe_s, plan.max_probes,
                                             step=1.2, precision=plan.precision)
+        without.update(meter.read())
         base = without["deliveries_per_s"]
-        return {"with_stalled": with_stalled, "without": without, "stalled": stalled,
-                "share_pct": round(100 * with_stalled["deliveries_per_s"] / base, 1) if base else None,
-                "code": server.version}
+        result["without"] = without
+        result["without_per_s"] = base
+        result["share_pct"] = round(100 * result["deliveries_per_s"] / base, 1) if base else None
+        return result
     finally:
         session.close()
         server.stop()
