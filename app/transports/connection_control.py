@@ -173,6 +173,12 @@ class DirectWriter:
         self._transport.write(b"".join([encode(m) for m in messages]))
         await self._writer.drain()
 
+    def write_bytes(self, data: bytes) -> None:
+        """Writes ``data`` after what this turn already took (the welcome: nothing is before it)."""
+        self.flush()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
     def write_if_room(self, data: bytes) -> None:
         """Writes ``data`` unless the socket is gone or backed up (a heartbeat: skipped, not queued)."""
         transport = self._transport

@@ -81,6 +81,11 @@ class LiveConnection:
     def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
         return True
 
+    async def greet(self, welcome: str) -> None:
+        """Sends the welcome: straight to the socket when the wire allows, like every message
+        after it (Hypercorn's own send path costs ~5% of a connect); through the server otherwise."""
+        raise NotImplementedError
+
     async def send_batch(self, batch: Sequence[Message]) -> None:
         """Writes a batch through the server (no direct writer: HTTP/2, compression, …)."""
         raise NotImplementedError

@@ -1,8 +1,8 @@
 """Server-Sent Events transport: /sse/chat and /sse/notifications (ASGI handlers, see asgi.py).
 
-The response head and the first chunk (a comment, the retry hint, the welcome) go
-through the server; after that each message's shared chunk is written straight to
-the socket (see live.py). Events come from sse-starlette's encoder, built once per
+The response head goes through the server; the first chunk (a comment, the retry
+hint, the welcome) and then each message's shared chunk are written straight to the
+socket (see live.py). Events come from sse-starlette's encoder, built once per
 message (Message.sse).
 """
 
@@ -88,12 +88,10 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
         async with svc.hub.subscribe(channels, cursor=cursor, connection_id=new_connection_id()) as sub:
             await send(start)
             started = True
-            welcome = welcome_frame(channels[0], principal.user, sub.recovered,
-                                    svc.settings.heartbeat_interval_s)
-            # A comment first flushes proxies; then the retry hint and the welcome event.
-            await send({"type": "http.response.body", "body": _HEARTBEAT + _retry_event(welcome),
-                        "more_body": True})
-            await SSEConnection(svc, principal, sub, request.scope, send, room).run(receive)
+            connection = SSEConnection(svc, principal, sub, request.scope, send, room)
+            await connection.greet(welcome_frame(channels[0], principal.user, sub.recovered,
+                                                 svc.settings.heartbeat_interval_s))
+            await connection.run(receive)
     except BackendUnavailable:
         if not started:
             await send(start)
@@ -114,6 +112,14 @@ class SSEConnection(LiveConnection):
 
     def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
         return scope.get("http_version") == "1.1"  # chunked bodies: HTTP/1.1 only
+
+    async def greet(self, welcome: str) -> None:
+        # A comment first flushes proxies; then the retry hint and the welcome event.
+        body = _HEARTBEAT + _retry_event(welcome)
+        if self.direct is not None:
+            self.direct.write_bytes(http_chunk(body))
+        else:
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def send_batch(self, batch: Sequence[Message]) -> None:
         await self.send({"type": "http.response.body", "body": b"".join([m.sse for m in batch]),

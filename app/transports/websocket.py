@@ -16,6 +16,7 @@ from app.errors import BadRequest, Close, HubError, TooLarge, Unauthorized
 from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import notification_channels, room_channel
 from app.hub.message import Message
+from app.hub.wire import websocket_text_frame
 from app.transports.asgi import Receive, Request, Send, reject_upgrade
 from app.transports.common import (
     Services,
@@ -170,10 +171,10 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send,
             if not accepted:
                 await send({"type": "websocket.accept"})
                 accepted = True
-            await send({"type": "websocket.send", "text": welcome_frame(
-                channels[0], principal.user, subscription.recovered, svc.settings.heartbeat_interval_s,
-            )})
             connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room)
+            await connection.greet(welcome_frame(
+                channels[0], principal.user, subscription.recovered, svc.settings.heartbeat_interval_s,
+            ))
             await connection.run(receive)
     except BackendUnavailable:
         if not accepted:
@@ -188,6 +189,12 @@ class WebSocketConnection(LiveConnection):
 
     frame_attribute = "ws_frame"
     checks_silence = True
+
+    async def greet(self, welcome: str) -> None:
+        if self.direct is not None:
+            self.direct.write_bytes(websocket_text_frame(welcome.encode()))
+        else:
+            await self.send({"type": "websocket.send", "text": welcome})
 
     async def send_batch(self, batch: Sequence[Message]) -> None:
         for message in batch:
