@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from app.hub import hub as hub_module
 from app.hub.backends.base import BackendUnavailable
 from app.hub.backends.memory import MemoryBackend
 from app.hub.hub import BROADCAST, Hub, notification_channels, room_channel, user_channel
@@ -538,6 +539,22 @@ async def test_hub_presence_join_leave_once_per_user(make_hub) -> None:
         {"type": "leave", "channel": LOBBY, "sender": "alice"},
     ]
     assert frames[3]["type"] == "sentinel"  # nothing else came between
+
+
+async def test_hub_presence_frames_gathered_and_delivered_before_the_next_message(
+        make_hub, monkeypatch) -> None:
+    """Joins wait for the window (a long one here), then go out together; a message with an id
+    arriving first takes them along, ahead of itself, so the order is kept."""
+    monkeypatch.setattr(hub_module, "LIVE_WINDOW_S", 30.0)
+    hub = await make_hub()
+    async with asyncio.timeout(TIMEOUT_S), hub.subscribe([LOBBY], connection_id="observer") as sub:
+        for user in ("alice", "bob", "carol"):
+            await hub.join(LOBBY, user, f"{user}1")
+        assert sub.backlog == 0  # gathered, not delivered yet
+        await hub.publish(LOBBY, {"type": "chat", "text": "hi"}, sender="carol")
+        frames = [body(m) for m in sub.take()]
+    assert [(f["type"], f["sender"]) for f in frames] == [
+        ("join", "alice"), ("join", "bob"), ("join", "carol"), ("chat", "carol")]
 
 
 async def test_hub_presence_frames_carry_no_id(make_hub) -> None:
