@@ -116,10 +116,10 @@ class Session:
         self.servers = _servers(server)
         self.recorder = Recorder()
         self.subs: list[Subscriber] = []
-        auth = self.servers[0].spec.authenticated
-        self.sub_token = token("bench") if auth else None
+        self._authenticated = self.servers[0].spec.authenticated
+        self._users = 0  # subscribers opened so far: each is its own user
         self.publisher = Publisher([s.port for s in self.servers], ROOM,
-                                   token("bench-publisher") if auth else None)
+                                   token("bench-publisher") if self._authenticated else None)
         self._placed: dict[str, int] = {}  # subscribers of each kind opened so far
 
     def _port(self, kind: str) -> int:
@@ -133,9 +133,17 @@ class Session:
 
     # -- connections ---------------------------------------------------------
 
-    def _path(self, kind: str) -> str:
-        path = f"/{kind}/chat?room={ROOM}"
-        return path + f"&token={self.sub_token}" if self.sub_token else path
+    def _paths(self, kinds: list[str]) -> list[str]:
+        """A path per subscriber, each with its own user's token, as in a real room: every
+        subscriber's join is announced to the room (one user for all would announce one)."""
+        paths = []
+        for kind in kinds:
+            path = f"/{kind}/chat?room={ROOM}"
+            if self._authenticated:
+                self._users += 1
+                path += f"&token={token(f'bench-{self._users}')}"
+            paths.append(path)
+        return paths
 
     async def connect(self, kinds: list[str], stall: bool = False, concurrency: int = 100,
                       keep: bool = True, timeout_s: float = 60.0,
@@ -149,18 +157,19 @@ class Session:
         opened: list[Subscriber] = []
         if ports is None:
             ports = [self._port(kind) for kind in kinds]
+        paths = self._paths(kinds)  # the tokens are made before the clock starts
 
-        async def one(kind: str, port: int) -> None:
+        async def one(kind: str, port: int, path: str) -> None:
             async with gate:
-                sub = await open_subscriber(kind, self.recorder, port, self._path(kind), stall=stall)
+                sub = await open_subscriber(kind, self.recorder, port, path, stall=stall)
                 sub.last_seq = self.publisher.seq  # it can only miss what comes next
                 opened.append(sub)
 
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                await asyncio.gather(*(one(kind, port) for kind, port in zip(kinds, ports,
-                                                                               strict=True)))
+                await asyncio.gather(*(one(kind, port, path) for kind, port, path
+                                       in zip(kinds, ports, paths, strict=True)))
         except BaseException:
             for sub in opened:
                 sub.close()
