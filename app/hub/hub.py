@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from app.hub.backends.base import Backend
-from app.hub.message import Cursor, History, Message, encode_body, presence_frame
+from app.hub.message import Cursor, Frames, History, Message, encode_body, presence_frame
 from app.hub.subscription import Subscription
 
 log = logging.getLogger(__name__)
@@ -181,8 +181,22 @@ class Hub:
             self._live_due.cancel()
             self._live_due = None
         live, self._live = self._live, []
+        by_channel: dict[str, list[Message]] = {}
         for message in live:
-            self._fan_out(message)
+            by_channel.setdefault(message.channel, []).append(message)
+        for channel, frames in by_channel.items():
+            if len(frames) == 1:
+                self._fan_out(frames[0])
+                continue
+            # One hand-off per member for the whole window, not one per frame: n users
+            # joining make n²/2 frames, and this keeps the per-frame work to encoding once.
+            subscribers = self._subscribers.get(channel)
+            if not subscribers:
+                continue
+            together = Frames(frames)
+            for subscription in tuple(subscribers):
+                subscription.offer_live(frames, together)
+            self.delivered += len(subscribers) * len(frames)
 
     def _fan_out(self, message: Message) -> None:
         subscribers = self._subscribers.get(message.channel)

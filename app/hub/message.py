@@ -132,6 +132,32 @@ class Message:
         return f"Message({self.channel!r}, id={self.id!r}, {self.json[:60]!r})"
 
 
+class Frames(Message):
+    """Several live frames (join, leave) of one channel as one item: its encodings are theirs
+    back to back, the same bytes a client gets when each is sent on its own."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Message]) -> None:
+        super().__init__(parts[0].channel, "")
+        self.parts = parts
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = b"".join([part.sse for part in self.parts])
+        return self._sse
+
+    @property
+    def ws_frame(self) -> bytes:
+        if self._ws_frame is None:
+            self._ws_frame = b"".join([part.ws_frame for part in self.parts])
+        return self._ws_frame
+
+    def __repr__(self) -> str:
+        return f"Frames({self.channel!r}, {len(self.parts)} parts)"
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """Retained messages after a cursor, oldest first; ``recovered`` is False when some were lost."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 
@@ -103,6 +105,37 @@ async def test_chat_join_and_leave_once_per_user(live_server: LiveServer) -> Non
             await eventually(lambda: _has(live_server, "alice", 1))
             await marker("after second leave")
         assert await recv_json(watcher) == {"type": "leave", "channel": "room:lobby", "sender": "alice"}
+
+
+async def test_chat_a_crowd_joining_at_once_is_announced_frame_by_frame(live_server: LiveServer) -> None:
+    """Joins that land in one 50 ms window leave in one write; clients still see one JSON
+    frame (WebSocket message, SSE event) per user, each once."""
+    crowd = [f"guest{i}" for i in range(20)]
+    reader_path = f"/sse/chat?room=lobby&token={live_server.token('reader')}"
+    async with live_server.http() as client, ws_connect(chat_url(live_server, "watcher")) as watcher, \
+            sse_connect(client, reader_path) as reader:
+        assert [(await recv_json(watcher))["type"] for _ in range(2)] == ["welcome", "join"]
+        assert (await reader.next_json())["type"] == "welcome"
+        own = await reader.next_json()
+        if own.get("sender") == "watcher":  # both joins fell in one window: it gets that one too
+            own = await reader.next_json()
+        assert (own["type"], own["sender"]) == ("join", "reader")
+        assert (await recv_json(watcher))["sender"] == "reader"
+        async with contextlib.AsyncExitStack() as stack:
+            # The guests do not read each other's joins: an unbounded queue, or their client
+            # would stop reading at 16 and never see the server's close frame.
+            guests = await asyncio.gather(*(
+                stack.enter_async_context(ws_connect(chat_url(live_server, user), max_queue=None))
+                for user in crowd))
+            for guest in guests:
+                assert (await recv_json(guest))["type"] == "welcome"
+            seen_ws = [await recv_json(watcher) for _ in crowd]
+            seen_sse = [await reader.next_json() for _ in crowd]
+        joins = [("join", user) for user in sorted(crowd)]
+        assert sorted((f["type"], f["sender"]) for f in seen_ws) == joins
+        assert sorted((f["type"], f["sender"]) for f in seen_sse) == joins
+        left = [await recv_json(watcher) for _ in crowd]
+        assert sorted((f["type"], f["sender"]) for f in left) == [("leave", user) for user in sorted(crowd)]
 
 
 async def _has(server: LiveServer, user: str, connections: int) -> bool:

@@ -17,7 +17,7 @@ from app.hub import hub as hub_module
 from app.hub.backends.base import BackendUnavailable
 from app.hub.backends.memory import MemoryBackend
 from app.hub.hub import BROADCAST, Hub, notification_channels, room_channel, user_channel
-from app.hub.message import Cursor, History, Message
+from app.hub.message import Cursor, History, Message, presence_frame
 from app.hub.subscription import SlowConsumer, Subscription
 
 TIMEOUT_S = 2.0
@@ -555,6 +555,33 @@ async def test_hub_presence_frames_gathered_and_delivered_before_the_next_messag
         frames = [body(m) for m in sub.take()]
     assert [(f["type"], f["sender"]) for f in frames] == [
         ("join", "alice"), ("join", "bob"), ("join", "carol"), ("chat", "carol")]
+
+
+async def test_hub_presence_window_is_one_hand_off_per_member(make_hub, monkeypatch) -> None:
+    """A socket that takes it gets the window's frames in one write (their bytes back to back);
+    a backed-up one gets them queued one by one, in order, ahead of what follows."""
+    monkeypatch.setattr(hub_module, "LIVE_WINDOW_S", 30.0)
+    hub = await make_hub()
+    written: list[bytes] = []
+
+    def take_at_once(message: Message) -> bool:
+        written.append(message.ws_frame)
+        return True
+
+    async with asyncio.timeout(TIMEOUT_S), hub.subscribe([LOBBY], connection_id="d") as direct, \
+            hub.subscribe([LOBBY], connection_id="q") as queued:
+        direct.write_now = take_at_once
+        queued.write_now = lambda message: False  # a socket past its high-water mark
+        for user in ("alice", "bob", "carol"):
+            await hub.join(LOBBY, user, f"{user}1")
+        await hub.publish(LOBBY, {"type": "chat", "text": "hi"}, sender="dave")
+        frames = queued.take()
+    joins = [Message(LOBBY, presence_frame("join", LOBBY, u)) for u in ("alice", "bob", "carol")]
+    assert written[0] == b"".join(j.ws_frame for j in joins)
+    assert len(written) == 2 and b'"text":"hi"' in written[1]
+    assert [(body(m)["type"], body(m)["sender"]) for m in frames] == [
+        ("join", "alice"), ("join", "bob"), ("join", "carol"), ("chat", "dave")]
+    assert hub.delivered == 2 * 4
 
 
 async def test_hub_presence_frames_carry_no_id(make_hub) -> None:

@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.hub.message import STAMPED_FIELDS, Cursor, Message, encode_body, timestamp_now, with_id
+from app.hub.message import (
+    STAMPED_FIELDS,
+    Cursor,
+    Frames,
+    Message,
+    encode_body,
+    presence_frame,
+    timestamp_now,
+    with_id,
+)
+from app.hub.wire import http_chunk
 
 RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -177,3 +187,13 @@ def test_timestamp_now_rfc3339_milliseconds_z() -> None:
     parsed = datetime.fromisoformat(stamp)
     assert parsed.tzinfo is not None and parsed.utcoffset() == timedelta(0)
     assert abs(datetime.now(UTC) - parsed) < timedelta(seconds=5)
+
+
+def test_frames_encode_as_their_parts_back_to_back() -> None:
+    parts = [Message("room:x", presence_frame(kind, "room:x", user))
+             for kind, user in (("join", "a"), ("join", "b"), ("leave", "a"))]
+    together = Frames(parts)
+    assert together.channel == "room:x" and together.seq is None and together.id is None
+    assert together.ws_frame == b"".join(p.ws_frame for p in parts)
+    assert together.sse == b"".join(p.sse for p in parts)
+    assert together.sse_chunk == http_chunk(b"".join(p.sse for p in parts))
