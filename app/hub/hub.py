@@ -185,15 +185,12 @@ class Hub:
         for message in live:
             by_channel.setdefault(message.channel, []).append(message)
         for channel, frames in by_channel.items():
-            if len(frames) == 1:
-                self._fan_out(frames[0])
-                continue
-            # One hand-off per member for the whole window, not one per frame: n users
-            # joining make n²/2 frames, and this keeps the per-frame work to encoding once.
             subscribers = self._subscribers.get(channel)
             if not subscribers:
                 continue
-            together = Frames(frames)
+            # One hand-off per member for the whole window, not one per frame: n users
+            # joining make n²/2 frames, and this keeps the per-frame work to encoding once.
+            together = frames[0] if len(frames) == 1 else Frames(frames)
             for subscription in tuple(subscribers):
                 subscription.offer_live(frames, together)
             self.delivered += len(subscribers) * len(frames)

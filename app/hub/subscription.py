@@ -86,18 +86,12 @@ class Subscription:
 
     def offer_live(self, frames: list[Message], together: Message) -> None:
         """A window's join/leave frames (no ids, no origin): written as ``together`` (their
-        bytes back to back) when the socket takes it at once, else queued one by one."""
-        if self._held is not None:
-            self._held.extend(frames)
-            if len(self._held) > self._maxsize:
-                self._overflow()
-            return
-        if self.overflowed or self.closed:
-            return
-        if self._outbox is None and self.write_now is not None and self.write_now(together):
+        bytes back to back) when the socket takes it at once, else offered one by one."""
+        if (self._held is None and self._outbox is None and not self.ended
+                and self.write_now is not None and self.write_now(together)):
             return
         for message in frames:
-            self._queue(message)
+            self.offer(message)
 
     def send_frame(self, json_text: str) -> None:
         """Queues a frame of this connection's own (ack, error, pong) behind earlier messages."""
