@@ -73,8 +73,6 @@ async def delete_keys(prefix: str, url: str = REDIS_URL) -> None:
         await client.aclose()
 
 
-
-
 @pytest.fixture
 async def make_redis(redis_prefix: str) -> AsyncIterator[Callable[..., RedisBackend]]:
     """Makes RedisBackends sharing one prefix: several "processes" of one app."""
@@ -90,13 +88,26 @@ async def make_redis(redis_prefix: str) -> AsyncIterator[Callable[..., RedisBack
             await backend.close()
 
 
+@pytest.fixture
+async def make_memory() -> AsyncIterator[Callable[..., MemoryBackend]]:
+    """Makes MemoryBackends, closed afterwards (a started one runs its sweep)."""
+    made: list[MemoryBackend] = []
+
+    def make(**kwargs: Any) -> MemoryBackend:
+        made.append(MemoryBackend(**kwargs))
+        return made[-1]
+
+    yield make
+    async with asyncio.timeout(10):
+        for backend in made:
+            await backend.close()
+
+
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def make_backend(request: pytest.FixtureRequest) -> MakeBackend:
-    """Makes (unstarted) backends of the parametrized kind; memory ones hold nothing to close."""
-    if request.param == "redis":
-        make_redis: MakeBackend = request.getfixturevalue("make_redis")
-        return make_redis
-    return MemoryBackend
+    """Makes (unstarted) backends of the parametrized kind, closed after the test."""
+    maker: MakeBackend = request.getfixturevalue(f"make_{request.param}")
+    return maker
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio import ConnectionError as RedisConnectionError
 
 import app.hub.backends.redis as redis_backend
 from app.hub.backends.base import Backend, BackendUnavailable
@@ -129,6 +130,51 @@ async def test_history_expired_after_cursor_is_not_recovered(make_backend: MakeB
     assert empty.recovered  # nothing was published after this one
 
 
+async def history_dropped(backend: Backend, channel: str) -> bool:
+    return (await backend.history([channel], None, 10)).messages == []
+
+
+async def test_history_of_a_channel_quiet_past_the_ttl_is_dropped(make_backend: MakeBackend) -> None:
+    backend = make_backend(history_ttl_s=1.0)
+    published = await publish_many(backend, "room:a", 3)
+    assert ids((await backend.history(["room:a"], None, 10)).messages) == ids(published)
+
+    assert await poll(lambda: history_dropped(backend, "room:a"), timeout=5)
+
+    after_last = await backend.history(["room:a"], Cursor.parse(published[-1].id), 10)
+    before_lost = await backend.history(["room:a"], Cursor.parse(published[0].id), 10)
+    assert after_last.recovered and after_last.messages == []  # nothing was lost after it
+    assert not before_lost.recovered and before_lost.messages == []
+
+
+async def test_history_channel_active_again_after_expiry_still_reports_the_lost_ones(
+    make_backend: MakeBackend,
+) -> None:
+    backend = make_backend(history_ttl_s=1.0)
+    lost = await publish_many(backend, "room:a", 2)
+    assert await poll(lambda: history_dropped(backend, "room:a"), timeout=5)
+
+    again = await backend.publish("room:a", body(n=2))
+
+    stale = await backend.history(["room:a"], Cursor.parse(lost[0].id), 10)
+    at_last = await backend.history(["room:a"], Cursor.parse(lost[1].id), 10)
+    assert not stale.recovered and ids(stale.messages) == [again.id]
+    assert at_last.recovered and ids(at_last.messages) == [again.id]
+
+
+async def test_history_busy_channel_keeps_old_messages_while_active(make_backend: MakeBackend) -> None:
+    backend = make_backend(history_ttl_s=1.0, history_size=100)
+    published: list[Message] = []
+    deadline = time.monotonic() + 2.5  # 2.5 TTLs, never quiet for one
+    while time.monotonic() < deadline:
+        published.append(await backend.publish("room:a", body(n=len(published))))
+        await asyncio.sleep(0.2)
+
+    history = await backend.history(["room:a"], Cursor.parse(published[0].id), 100)
+    assert history.recovered and ids(history.messages) == ids(published[1:])
+    assert ids((await backend.history(["room:a"], None, 100)).messages) == ids(published)
+
+
 # -- delivery --------------------------------------------------------------------------
 
 
@@ -221,6 +267,29 @@ async def test_take_token_allows_a_burst_then_refuses_then_refills(backend: Back
         return await backend.take_token("ann", rate, 3) == 0.0
 
     assert await poll(refilled, timeout=2)
+
+
+async def test_connection_add_refuses_past_the_limit_and_remove_frees_a_slot(
+    backend: Backend,
+) -> None:
+    assert [await backend.connection_add("ann", f"c{n}", 2) for n in range(3)] == [True, True, False]
+    assert await backend.connection_add("bob", "c9", 2) is True  # limits are per user
+
+    await backend.connection_remove("ann", "c0")
+    await backend.connection_remove("ann", "c0")  # idempotent
+    await backend.connection_remove("ann", "never-added")
+
+    assert await backend.connection_add("ann", "c2", 2) is True
+    assert await backend.connection_add("ann", "c3", 2) is False
+
+
+async def test_connection_added_twice_counts_once(backend: Backend) -> None:
+    assert await backend.connection_add("ann", "c1", 2) is True
+    assert await backend.connection_add("ann", "c1", 2) is True  # already counted: still fine
+
+    assert await backend.connection_add("ann", "c2", 2) is True
+    assert await backend.connection_add("ann", "c1", 2) is True  # at the limit, but its own slot
+    assert await backend.connection_add("ann", "c3", 2) is False
 
 
 async def test_tickets_redeem_once(backend: Backend) -> None:
@@ -333,6 +402,101 @@ async def test_redis_presence_renewal_in_batches_keeps_every_connection(
         assert await b.presence("room:b") == {"ann": 1}
         await asyncio.sleep(0.05)
     await a.close()
+
+
+@pytest.mark.redis
+async def test_redis_take_token_script_run_twice_with_one_once_key_takes_one_token(
+    make_redis: MakeRedis, redis_prefix: str,
+) -> None:
+    backend = make_redis()
+    keys = [f"{redis_prefix}tb:ann", f"{redis_prefix}once:retried"]
+
+    first = await backend._take_token(keys=keys, args=["0.001", 2])
+    retry = await backend._take_token(keys=keys, args=["0.001", 2])  # what redis-py re-sends
+
+    assert float(first) == float(retry) == 0.0
+    assert await backend.take_token("ann", 0.001, 2) == 0.0  # the second of two tokens
+    assert await backend.take_token("ann", 0.001, 2) > 0.0
+
+
+def lose_next_reply(backend: RedisBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The next script call runs in Redis but its reply is lost: redis-py's retry re-sends it."""
+    client = backend._client
+    parse_response = client.parse_response
+    lost: list[str] = []
+
+    async def losing(connection: Any, command_name: Any, **options: Any) -> Any:
+        response = await parse_response(connection, command_name, **options)
+        if command_name == "EVALSHA" and not lost:
+            lost.append(str(response))
+            raise RedisConnectionError("connection reset after the script ran")
+        return response
+
+    monkeypatch.setattr(client, "parse_response", losing)
+    return lost
+
+
+@pytest.mark.redis
+async def test_redis_take_token_retried_after_a_lost_reply_takes_one_token(
+    make_redis: MakeRedis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = make_redis()
+    await backend.take_token("warm-up", 1.0, 1)  # the script is loaded: the next call is EVALSHA
+    lost = lose_next_reply(backend, monkeypatch)
+
+    assert await backend.take_token("ann", 0.001, 2) == 0.0
+    assert lost  # the reply was lost once and the call retried
+    assert await backend.take_token("ann", 0.001, 2) == 0.0  # the second of two tokens
+    assert await backend.take_token("ann", 0.001, 2) > 0.0
+
+
+@pytest.mark.redis
+async def test_redis_connection_add_retried_after_a_lost_reply_counts_once(
+    make_redis: MakeRedis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = make_redis()
+    await backend.connection_add("ann", "c1", 2)  # the script is loaded: the next call is EVALSHA
+    lost = lose_next_reply(backend, monkeypatch)
+
+    assert await backend.connection_add("bob", "c2", 2) is True
+    assert lost == ["1"]  # the first run counted it; the retry was answered from its once-key
+    assert await backend.connection_add("bob", "c3", 2) is True
+    assert await backend.connection_add("bob", "c4", 2) is False
+
+
+@pytest.mark.redis
+async def test_redis_connection_limit_is_shared_across_processes(make_redis: MakeRedis) -> None:
+    a, b = make_redis(), make_redis()
+
+    assert await a.connection_add("ann", "c1", 2) is True
+    assert await b.connection_add("ann", "c2", 2) is True
+    assert await a.connection_add("ann", "c3", 2) is False
+    assert await b.connection_add("ann", "c4", 2) is False
+    await a.connection_remove("ann", "c1")
+    assert await b.connection_add("ann", "c4", 2) is True
+
+
+@pytest.mark.redis
+async def test_redis_connections_of_a_dead_process_expire_and_free_their_slots(
+    make_redis: MakeRedis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_backend, "RENEW_BATCH", 2)  # 5 connections: three script calls
+    a, b = await started(make_redis(presence_ttl_s=0.5)), make_redis()
+    for n in range(5):
+        assert await a.connection_add(f"user{n % 3}", f"c{n}", 2) is True
+
+    deadline = time.monotonic() + 1.5  # three TTLs: only the renewals keep them
+    while time.monotonic() < deadline:
+        assert await b.connection_add("user0", "b0", 2) is False
+        assert await b.connection_add("user1", "b1", 2) is False
+        await asyncio.sleep(0.1)
+    await a.close()  # dies without connection_remove
+
+    async def freed() -> bool:
+        return await b.connection_add("user0", "b0", 2) and await b.connection_add("user1", "b1", 2)
+
+    assert await poll(freed, timeout=5)
+    assert await b.connection_add("user0", "b2", 2) is True  # both of a's slots, not just one
 
 
 async def kill_listeners(prefix: str) -> int:

@@ -51,8 +51,13 @@ class Backend(Protocol):
     ) -> History:
         """Retained messages of ``channels`` merged in id order, oldest first.
 
+        Retention (Centrifugo's ``history_ttl``): the newest ``history_size`` messages of a
+        channel are kept while it is active; once nothing was published to it for
+        ``history_ttl_s``, its whole history is dropped.
+
         With ``after``: the first ``limit`` after it; ``recovered`` is False when the
-        cursor is from another epoch or messages after it are no longer retained.
+        cursor is from another epoch or messages after it are no longer retained (trimmed
+        or expired), True when nothing after it was lost, even from a dropped history.
         Without: the latest ``limit``, ``recovered`` True.
         """
 
@@ -66,7 +71,17 @@ class Backend(Protocol):
         """Live connections per user in ``channel``, across every process."""
 
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
-        """Takes one token from ``key``'s bucket: 0.0 if taken, else seconds until one is free."""
+        """Takes one token from ``key``'s bucket: 0.0 if taken, else seconds until one is free.
+
+        Idempotent per call: a retry after a lost reply does not take a second token."""
+
+    async def connection_add(self, user: str, connection: str, limit: int) -> bool:
+        """Counts a live connection of ``user`` across every process, atomically; False (and
+        nothing counted) when ``user`` already has ``limit``. A crashed process's entries
+        expire on their own (Redis: within the presence TTL)."""
+
+    async def connection_remove(self, user: str, connection: str) -> None:
+        """Forgets a connection counted by ``connection_add``. Idempotent."""
 
     async def store_ticket(self, ticket: str, payload: str, ttl_s: float) -> None:
         """Keeps ``payload`` under ``ticket`` for ``ttl_s`` seconds."""

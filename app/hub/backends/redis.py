@@ -1,7 +1,7 @@
 """The Redis backend: many processes act as one hub (ids, history, presence, limits, tickets).
 
-Owns one command client and one supervised pub/sub connection per process. Divergence
-from ``memory``: HISTORY_TTL expires a channel's whole stream once it was quiet that long.
+Owns one command client and one supervised pub/sub connection per process. History follows
+the rule in Backend.history, as ``memory`` does: each publish renews the stream's PEXPIRE.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 SUBSCRIBE_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 2.0
 IDLE_PING_S = 10.0  # an idle pub/sub connection is pinged; no reply in as long again drops it
-RENEW_BATCH = 500  # connections renewed per presence script call (a few ms of Redis time)
+RENEW_BATCH = 500  # connections renewed per script call (a few ms of Redis time)
 # Per-channel counters outlive the stream, so a client back after the stream expired is told.
 META_EXTRA_TTL_S = 7 * 24 * 3600.0
 RESYNC_FRAME = '{"type":"resync"}'
@@ -59,7 +59,10 @@ end
 local json = '{"id":"' .. epoch .. '-' .. seq .. '",' .. string.sub(ARGV[2], 2)
 local size = tonumber(ARGV[3])
 local n = redis.call('XLEN', KEYS[2])
-if n >= size then
+if n == 0 then  -- the stream expired (quiet for HISTORY_TTL): everything up to 'last' is lost
+  local last = redis.call('HGET', KEYS[3], 'last')
+  if last then redis.call('HSET', KEYS[3], 'dropped', last) end
+elseif n >= size then
   local gone = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', n - size + 1)
   redis.call('HSET', KEYS[3], 'dropped', string.match(gone[#gone][1], '^%d+'))
 end
@@ -126,7 +129,10 @@ return {result, gone}
 """
 
 # Token bucket {tokens, ts} on the server's clock; returns the wait as a string (Lua ints truncate).
+# KEYS[2] makes it idempotent: a retry after a lost reply returns the first run's wait.
 _TAKE_TOKEN_LUA = """
+local done = redis.call('GET', KEYS[2])
+if done then return done end
 local t = redis.call('TIME')
 local now = t[1] + t[2] / 1000000
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -137,7 +143,43 @@ local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+redis.call('SET', KEYS[2], tostring(wait), 'PX', 60000)
 return tostring(wait)
+"""
+
+# Live connections of a user: KEYS[1] zset connection -> deadline (ms on Redis' clock).
+# add: ARGV op, ttl, limit, connection; KEYS[2] once-key. 1 if counted (or already), else 0.
+# remove: ARGV op, ttl, connection (idempotent by nature: ZREM of a missing member does nothing).
+# renew: KEYS one per user; ARGV op, ttl, then (key index, connection) pairs. XX: a connection
+# removed while its renewal was on the way is not brought back to hold a slot for a TTL; one
+# whose entry expired (Redis out of reach for a TTL) goes uncounted until it reconnects: the
+# limit errs towards letting a user in, never towards refusing one for a ghost.
+_CONNECTIONS_LUA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local op, ttl = ARGV[1], tonumber(ARGV[2])
+if op == 'renew' then
+  for i = 3, #ARGV, 2 do
+    redis.call('ZADD', KEYS[tonumber(ARGV[i])], 'XX', now + ttl, ARGV[i + 1])
+  end
+  for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
+  return 0
+end
+if op == 'remove' then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  return 0
+end
+local done = redis.call('GET', KEYS[2])
+if done then return tonumber(done) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local result = 0
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  result = 1
+end
+redis.call('SET', KEYS[2], result, 'PX', 60000)
+return result
 """
 
 
@@ -160,7 +202,8 @@ class RedisBackend:
     """Backend on one Redis shared by every process; every key and topic is under ``prefix``.
 
     Keys: clock {epoch, seq}; h:CH stream; m:CH {epoch, last, dropped}; p:CH, pu:CH presence;
-    tb:KEY token bucket; t:TICKET. Pub/sub topic: c:CH.
+    cn:USER live connections; tb:KEY token bucket; t:TICKET; once:ID a call's first result.
+    Pub/sub topic: c:CH.
     """
 
     name = "redis"
@@ -184,10 +227,12 @@ class RedisBackend:
         self._ttl_ms = max(1, int(history_ttl_s * 1000))
         self._meta_ttl_ms = int((history_ttl_s + META_EXTRA_TTL_S) * 1000)
         self._presence_ttl_s = presence_ttl_s
+        self._presence_ttl_ms = int(presence_ttl_s * 1000)
         self._clock = f"{prefix}clock"
         self._publish = self._client.register_script(_PUBLISH_LUA)
         self._presence = self._client.register_script(_PRESENCE_LUA)
         self._take_token = self._client.register_script(_TAKE_TOKEN_LUA)
+        self._connections = self._client.register_script(_CONNECTIONS_LUA)
         self._deliver: Deliver | None = None
         # Subscribed channel -> newest seq delivered (or known to precede the subscription).
         self._last: dict[str, int] = {}
@@ -197,7 +242,9 @@ class RedisBackend:
         self._pubsub: PubSub | None = None
         self._online = asyncio.Event()
         self._generation = 0  # bumped on every lost pub/sub connection
+        # What this process renews, so that what a crashed process held expires.
         self._local_presence: set[tuple[str, str, str]] = set()
+        self._local_connections: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -210,7 +257,7 @@ class RedisBackend:
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self._tasks = [asyncio.create_task(self._listen_with_retries(), name="redis-listener"),
-                       asyncio.create_task(self._refresh_presence(), name="redis-presence")]
+                       asyncio.create_task(self._renew(), name="redis-renewal")]
 
     async def close(self) -> None:
         if self._closed:
@@ -275,7 +322,7 @@ class RedisBackend:
     async def publish(self, channel: str, body_json: str, origin: str | None = None) -> Message:
         # The once-key is fixed per call: redis-py's retry re-sends the same arguments.
         keys = [self._clock, self._key("h", channel), self._key("m", channel),
-                self._key("once", secrets.token_hex(8))]
+                self._once_key()]
         args: list[str | int] = [secrets.token_hex(4), body_json, self._size, self._ttl_ms,
                                  self._meta_ttl_ms, self._topic(channel)]
         if origin is not None:
@@ -327,7 +374,7 @@ class RedisBackend:
 
     async def presence_add(self, channel: str, user: str, connection: str) -> bool:
         entry = (channel, user, connection)
-        self._local_presence.add(entry)  # from now on renewed by _refresh_presence
+        self._local_presence.add(entry)  # from now on renewed by _renew
         try:
             return bool(await self._presence_call(channel, "add", user, connection, once=True))
         except BackendUnavailable:
@@ -346,8 +393,8 @@ class RedisBackend:
                        once: bool) -> tuple[list[str], list[str | int]]:
         keys = [self._key("p", channel), self._key("pu", channel)]
         if once:
-            keys.append(self._key("once", secrets.token_hex(8)))
-        return keys, [op, user, connection, int(self._presence_ttl_s * 1000)]
+            keys.append(self._once_key())
+        return keys, [op, user, connection, self._presence_ttl_ms]
 
     async def _presence_call(self, channel: str, op: str, user: str, connection: str = "",
                              once: bool = False) -> Any:
@@ -363,9 +410,33 @@ class RedisBackend:
             await self.publish_live(channel, presence_frame("leave", channel, user))
 
     async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+        keys = [self._key("tb", key), self._once_key()]
         with _unavailable():
-            return float(await self._take_token(keys=[self._key("tb", key)],
-                                                args=[repr(rate_per_s), burst]))
+            return float(await self._take_token(keys=keys, args=[repr(rate_per_s), burst]))
+
+    async def connection_add(self, user: str, connection: str, limit: int) -> bool:
+        entry = (user, connection)
+        self._local_connections.add(entry)  # from now on renewed by _renew
+        try:
+            with _unavailable():
+                added = await self._connections(keys=[self._key("cn", user), self._once_key()],
+                                                args=["add", self._presence_ttl_ms, limit, connection])
+        except BackendUnavailable:
+            self._local_connections.discard(entry)
+            raise
+        if not added:
+            self._local_connections.discard(entry)
+        return bool(added)
+
+    async def connection_remove(self, user: str, connection: str) -> None:
+        self._local_connections.discard((user, connection))
+        with _unavailable():
+            await self._connections(keys=[self._key("cn", user)],
+                                    args=["remove", self._presence_ttl_ms, connection])
+
+    def _once_key(self) -> str:
+        """Fixed per call: redis-py's retry re-sends the same arguments, so the script sees it."""
+        return self._key("once", secrets.token_hex(8))
 
     async def store_ticket(self, ticket: str, payload: str, ttl_s: float) -> None:
         with _unavailable():
@@ -508,28 +579,41 @@ class RedisBackend:
             except Exception:
                 log.exception("deliver failed for %r", message)
 
-    async def _refresh_presence(self) -> None:
-        """Renews this process's connections, so a crashed process's expire after the TTL.
-
-        One script call per channel and ``RENEW_BATCH`` connections: renewing each
-        connection on its own cost ~0.1 ms of this process's CPU apiece, in one go."""
+    async def _renew(self) -> None:
+        """Renews this process's presence and connection entries every third of their TTL,
+        so a crashed process's expire within the TTL."""
         while True:
             await asyncio.sleep(self._presence_ttl_s / 3)
-            by_channel: dict[str, list[str]] = {}
-            for channel, user, connection in tuple(self._local_presence):
-                by_channel.setdefault(channel, []).extend((user, connection))
-            ttl_ms = int(self._presence_ttl_s * 1000)
-            try:
-                for channel, pairs in by_channel.items():
-                    keys = [self._key("p", channel), self._key("pu", channel)]
-                    for i in range(0, len(pairs), 2 * RENEW_BATCH):
-                        _, gone = await self._presence(keys=keys,
-                                                       args=["add", *pairs[i:i + 2 * RENEW_BATCH], ttl_ms])
-                        await self._announce_expired(channel, gone)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("presence refresh failed (%s); retrying", exc)
+            for renew in (self._renew_presence, self._renew_connections):
+                try:
+                    await renew()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("%s failed (%s); retrying", renew.__name__, exc)
+
+    async def _renew_presence(self) -> None:
+        """One script call per channel and ``RENEW_BATCH`` connections: renewing each
+        connection on its own cost ~0.1 ms of this process's CPU apiece, in one go."""
+        by_channel: dict[str, list[str]] = {}
+        for channel, user, connection in tuple(self._local_presence):
+            by_channel.setdefault(channel, []).extend((user, connection))
+        for channel, pairs in by_channel.items():
+            keys = [self._key("p", channel), self._key("pu", channel)]
+            for i in range(0, len(pairs), 2 * RENEW_BATCH):
+                _, gone = await self._presence(
+                    keys=keys, args=["add", *pairs[i:i + 2 * RENEW_BATCH], self._presence_ttl_ms])
+                await self._announce_expired(channel, gone)
+
+    async def _renew_connections(self) -> None:
+        """One script call per ``RENEW_BATCH`` connections, whichever users they belong to."""
+        entries = sorted(self._local_connections)  # a user's connections go in one call
+        for i in range(0, len(entries), RENEW_BATCH):
+            keys: dict[str, int] = {}
+            args: list[str | int] = ["renew", self._presence_ttl_ms]
+            for user, connection in entries[i:i + RENEW_BATCH]:
+                args += [keys.setdefault(self._key("cn", user), len(keys) + 1), connection]
+            await self._connections(keys=list(keys), args=args)
 
 
 def _seq(message: Message) -> int:
