@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from app.auth import Authenticator
 from app.config import Settings
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     )
     _register_errors(app)
     _register_cors(app, settings)
+    _register_security_headers(app)
 
     @app.before_serving
     async def start() -> None:
@@ -91,6 +94,19 @@ def _drain(svc: Services) -> None:
 
 
 def _register_errors(app: Quart) -> None:
+    @app.before_request
+    async def relative_redirect() -> Response | None:
+        """werkzeug's slash redirects (``/api//rooms`` → ``/api/rooms``) are RoutingExceptions,
+        which never reach an error handler, and their Location names the client's Host header:
+        answer them here with a path-only Location, so a forged Host cannot point off-site."""
+        redirect = request.routing_exception
+        if not isinstance(redirect, RequestRedirect):
+            return None
+        target = urlsplit(redirect.new_url)
+        # One leading slash: browsers read //host and /\host as another host.
+        location = "/" + target.path.lstrip("/\\") + (f"?{target.query}" if target.query else "")
+        return Response("", status=redirect.code, headers={"Location": location})
+
     @app.errorhandler(HubError)
     async def hub_error(error: HubError) -> Response:
         return error.response()
@@ -116,4 +132,14 @@ def _register_cors(app: Quart, settings: Settings) -> None:
     @app.after_request
     async def cors(response: Response) -> Response:
         response.headers.update(cors_headers(settings, request.headers.get("Origin")))
+        return response
+
+
+def _register_security_headers(app: Quart) -> None:
+    """``nosniff`` on every Quart response (errors included): a body echoing client input is
+    read only as its declared type. The live endpoints set it on ASGI (asgi.py, sse.py)."""
+
+    @app.after_request
+    async def security_headers(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response

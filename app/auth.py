@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from app.config import Settings
 from app.errors import Forbidden, Unauthorized, Unavailable
@@ -80,6 +81,35 @@ class Principal:
         )
 
 
+# PyJWT's messages may quote the token's own header (attacker text) or a repr with a memory
+# address ("Expected one of <generator object … at 0x…>"): clients get a fixed detail per class.
+# Most specific first: InvalidSignatureError is a DecodeError.
+_JWT_ERROR_DETAILS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.ImmatureSignatureError, "token not valid yet"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+    (jwt.InvalidKeyError, "the token's algorithm does not fit the server's key"),
+    (InvalidSubjectError, "claim 'sub' must be a string"),
+    (jwt.InvalidIssuedAtError, "claim 'iat' must be a number"),
+    (InvalidJTIError, "claim 'jti' must be a string"),
+    (jwt.DecodeError, "malformed token"),
+)
+_CLAIM_NAMES = ("exp", "sub", "aud", "iss", "nbf", "iat")
+
+
+def _jwt_error_detail(error: jwt.PyJWTError) -> str:
+    """What a client is told about a token PyJWT refused; never the exception's own text."""
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"missing claim {error.claim!r}" if error.claim in _CLAIM_NAMES else "missing claim"
+    for kind, detail in _JWT_ERROR_DETAILS:
+        if isinstance(error, kind):
+            return detail
+    return "invalid token"
+
+
 class Authenticator:
     """Verifies tokens with the configured key; issues demo and command-line tokens."""
 
@@ -100,10 +130,8 @@ class Authenticator:
                 leeway=_LEEWAY_S,
                 options={"require": ["exp", "sub"]},
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
         except jwt.PyJWTError as exc:  # InvalidTokenError, and key errors from odd headers
-            raise Unauthorized(f"invalid token: {exc}") from None
+            raise Unauthorized(_jwt_error_detail(exc)) from None
         return Principal.from_claims(claims)
 
     def issue(self, user: str, *, scope: str = "", ttl_s: int = 3600,

@@ -128,8 +128,11 @@ class Settings:
             raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
         origins = _list(env, "ALLOWED_ORIGINS")
         for origin in origins:
-            if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ValueError(f"ALLOWED_ORIGINS entries must be '*' or http(s)://host, got {origin!r}")
+            # "null": the opaque origin (sandboxed frames, file: pages), only when listed as such.
+            if origin not in ("*", "null") and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"ALLOWED_ORIGINS entries must be '*', 'null' or http(s)://host, got {origin!r}"
+                )
         level = env.get("LOG_LEVEL", "INFO").upper()
         if level not in _LOG_LEVELS:
             raise ValueError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")

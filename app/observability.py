@@ -5,13 +5,34 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, fields
+from urllib.parse import unquote
 
-_SECRET_PARAMS = re.compile(r"(\b(?:token|ticket)=)[^&\s\"']*")
+# Parameter names whose values are credentials, as the app reads a name: percent-decoded,
+# then case-folded here to be safe (?%74oken= and ?TOKEN= are hidden too).
+_SECRET_PARAMS = frozenset({"token", "ticket", "api_key"})
+# A parameter name is taken whole, so access_token= is not token=; a name is spelled with
+# letters, digits, %XX escapes and unreserved marks, and must be followed by "=".
+_PARAM_NAME = re.compile(r"(?<![\w%.~+\-])[\w%.~+\-]+(?==)")
+_VALUE_END = re.compile(r"[&\s\"']")
+_EXCEPTION_TEXT = logging.Formatter()
 
 
 def redact(text: str) -> str:
-    """Hides ``token`` and ``ticket`` query values in ``text``."""
-    return _SECRET_PARAMS.sub(r"\1[redacted]", text)
+    """Hides the value of every ``token``, ``ticket`` and ``api_key`` parameter in ``text``,
+    wherever a ``name=value`` pair sits (URL, bare query string, Referer, free text)."""
+    parts: list[str] = []
+    done = 0
+    for name in _PARAM_NAME.finditer(text):
+        if name.start() < done or unquote(name.group()).casefold() not in _SECRET_PARAMS:
+            continue
+        value = name.end() + 1
+        end = _VALUE_END.search(text, value)
+        parts += (text[done:value], "[redacted]")
+        done = end.start() if end else len(text)
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 class RedactingFilter(logging.Filter):
@@ -22,8 +43,14 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # mismatched arguments: logging would report it; do not raise here
             message = f"{record.msg} {record.args!r}"
-        if "token=" in message or "ticket=" in message:
-            record.msg, record.args = redact(message), None
+        if "=" in message:  # cheap: most lines have no name=value pair at all
+            redacted = redact(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:  # an exception's message may quote a URL
+            text = _EXCEPTION_TEXT.formatException(record.exc_info)
+            if "=" in text and (redacted := redact(text)) != text:
+                record.exc_text = redacted
         return True
 
 

@@ -82,8 +82,8 @@ async def send_response(send: Send, status: int, body: bytes, headers: Mapping[s
                         websocket: bool = False) -> None:
     """A whole HTTP response; ``websocket``: as the answer to an upgrade (a rejection)."""
     prefix = "websocket." if websocket else ""
-    await send({"type": f"{prefix}http.response.start", "status": status,
-                "headers": raw_headers({"Content-Length": str(len(body)), **headers})})
+    head = {"Content-Length": str(len(body)), "X-Content-Type-Options": "nosniff", **headers}
+    await send({"type": f"{prefix}http.response.start", "status": status, "headers": raw_headers(head)})
     await send({"type": f"{prefix}http.response.body", "body": body})
 
 

@@ -57,11 +57,20 @@ def check_origin(settings: Settings, headers: Lookup, host: str) -> None:
 
 
 def origin_allowed(settings: Settings, origin: str | None, host: str) -> bool:
-    if origin is None:
+    """No Origin, one listed, any with a host under ``*``, or the same host as ``host``.
+
+    An opaque origin (``null``: sandboxed frames, file: pages, some redirects) has no host,
+    so it is never "same origin" nor covered by ``*``: only a literal ``null`` entry allows it.
+    """
+    if origin is None or (origin in settings.allowed_origins and origin != "*"):
         return True
-    if "*" in settings.allowed_origins or origin in settings.allowed_origins:
-        return True
-    return urlsplit(origin).netloc == host  # same origin
+    try:
+        origin_host = urlsplit(origin).netloc
+    except ValueError:  # e.g. "http://[": not an origin a browser sends
+        return False
+    if not origin_host:
+        return False
+    return "*" in settings.allowed_origins or origin_host == host  # same origin
 
 
 def cors_headers(settings: Settings, origin: str | None) -> dict[str, str]:

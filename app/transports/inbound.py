@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,10 +23,26 @@ class ClientFrame:
     token: str = ""
 
 
+_NON_FINITE = "non-finite numbers (NaN, Infinity, 1e999) are not JSON"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadRequest(_NON_FINITE)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf, which no JSON encoder can write back
+        raise BadRequest(_NON_FINITE)
+    return value
+
+
 def _loads(data: str | bytes) -> Any:
+    """Strict JSON (RFC 8259): Python's json also takes NaN and Infinity, which every
+    writer here (allow_nan=False) then refuses, so they are refused on the way in."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise BadRequest("frames must be UTF-8 text") from None
     except RecursionError:

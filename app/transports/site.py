@@ -17,13 +17,29 @@ bp = Blueprint("site", __name__)
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
 
+# The demo page loads its own modules and stylesheet and talks to its own origin only
+# (CSP Level 3: 'self' also matches ws: and wss: on the same host); nobody may frame it.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self'; img-src 'self'; form-action 'self'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",  # frame-ancestors, for browsers without CSP 2
+}
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"no file {name[:64]!r}" + ("…" if len(name) > 64 else ""))
+
+
 async def _file(path: Path) -> Response:
     # Read whole in a thread: Quart's streamed file bodies leak the file when a
     # client hangs up mid-read. These files are small.
     try:
         body = await asyncio.to_thread(path.read_bytes)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise NotFound(f"no file {path.name!r}") from None
+    except (OSError, ValueError):
+        # Whatever the OS refuses is a file we do not have: missing, a directory, a name over
+        # NAME_MAX (ENAMETOOLONG), a symlink loop; ValueError: a NUL in the name.
+        raise _not_found(path.name) from None
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if content_type.startswith("text/") or content_type.endswith("javascript"):
         content_type += "; charset=utf-8"
@@ -32,14 +48,16 @@ async def _file(path: Path) -> Response:
 
 @bp.get("/")
 async def index() -> Response:
-    return await _file(STATIC_DIR / "index.html")
+    response = await _file(STATIC_DIR / "index.html")
+    response.headers.update(_PAGE_HEADERS)
+    return response
 
 
 @bp.get("/static/<path:filename>")
 async def static_file(filename: str) -> Response:
     joined = safe_join(str(STATIC_DIR), filename)
     if joined is None:
-        raise NotFound(f"no file {filename!r}")
+        raise _not_found(filename)
     return await _file(Path(joined))
 
 

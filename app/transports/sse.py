@@ -34,7 +34,8 @@ from app.transports.common import (
 )
 from app.transports.live import BACKEND_DOWN, Closing, LiveConnection
 
-_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+            "X-Content-Type-Options": "nosniff"}
 # Shared by every stream without CORS headers: the server keeps the start message for the
 # stream's life, so a copy per connection would cost ~0.5 KB each. Nothing mutates it.
 _START = {"type": "http.response.start", "status": 200, "headers": raw_headers(_HEADERS)}

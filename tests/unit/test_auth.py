@@ -217,6 +217,77 @@ def test_authenticator_verify_mixed_algorithms_forged_hs256_unauthorized(
         Authenticator(settings).verify(forged_hs256(claims(sub="mallory"), rsa_keys[1].encode()))
 
 
+# -- what a refused token is told -------------------------------------------------------
+# PyJWT's own messages quote the token's header or a repr with a memory address; the client
+# gets one fixed detail per kind of failure.
+
+
+def handmade(header: dict[str, Any], payload: dict[str, Any] | None = None, signature: str = "c2ln") -> str:
+    body = claims() if payload is None else payload
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(body).encode())}.{signature}"
+
+
+def refusal(auth: Authenticator, token: str) -> str:
+    with pytest.raises(Unauthorized) as caught:
+        auth.verify(token)
+    return caught.value.detail
+
+
+@pytest.mark.parametrize(("token", "detail"), [
+    (hs256(claims(exp=int(time.time()) - 60)), "token expired"),
+    (hs256(claims(), secret=OTHER_SECRET), "bad signature"),
+    ("garbage", "malformed token"),
+    ("a.b.c", "malformed token"),
+    (handmade({"alg": "HS256"}, signature="!!"), "malformed token"),
+    (hs256(claims(nbf=int(time.time()) + 300)), "token not valid yet"),
+    (hs256(claims(iat=int(time.time()) + 300)), "token not valid yet"),
+    (hs256(claims(exp=None)), "missing claim 'exp'"),
+    (hs256(claims(sub=None)), "missing claim 'sub'"),
+    (hs256(claims(exp="soon")), "malformed token"),
+    (hs256(claims(sub=42)), "claim 'sub' must be a string"),
+    (hs256(claims(iat="yesterday")), "claim 'iat' must be a number"),
+    (hs256(claims(jti=7)), "claim 'jti' must be a string"),
+    (jwt.encode(claims(), "", algorithm="none"), "algorithm not allowed"),
+    (handmade({"typ": "JWT"}), "algorithm not allowed"),
+    (handmade({"alg": "RS256"}), "algorithm not allowed"),
+    (handmade({"alg": "HS256", "kid": 1}), "invalid token"),
+    (handmade({"alg": "HS256", "crit": ["<b>x</b>"]}), "invalid token"),
+], ids=["expired", "signature", "garbage", "segments", "bad-base64", "nbf", "iat-future", "no-exp", "no-sub",
+        "exp-not-number", "sub-not-string", "iat-not-number", "jti-not-string", "alg-none", "no-alg",
+        "alg-not-listed", "kid-not-string", "crit-unknown"])
+def test_authenticator_verify_refusal_fixed_detail(hs_auth: Authenticator, token: str, detail: str) -> None:
+    assert refusal(hs_auth, token) == detail
+
+
+def test_authenticator_verify_wrong_audience_or_issuer_fixed_detail(aud_iss_auth: Authenticator) -> None:
+    assert refusal(aud_iss_auth, hs256(claims(aud="other", iss="https://idp.example"))) == "wrong audience"
+    assert refusal(aud_iss_auth, hs256(claims(aud="hubbub", iss="https://evil.example"))) == "wrong issuer"
+    assert refusal(aud_iss_auth, hs256(claims(iss="https://idp.example"))) == "missing claim 'aud'"
+    assert refusal(aud_iss_auth, hs256(claims(aud="hubbub"))) == "missing claim 'iss'"
+
+
+@pytest.mark.parametrize("header", [
+    {"alg": "ES256"},  # allowed by default with a public key; PyJWT's message held "<generator … at 0x…>"
+    {"alg": "RS256", "kid": {"nested": [1]}},
+    {"alg": "RS256", "crit": ["0x7f object at"]},
+    {"alg": "RS256", "crit": [None]},
+    {"alg": {"RS256": 1}},
+    {"alg": "RS256", "b64": False, "crit": ["b64"]},
+])
+def test_authenticator_verify_odd_header_detail_without_address(
+    rs_auth: Authenticator, header: dict[str, Any]
+) -> None:
+    detail = refusal(rs_auth, handmade(header))
+    assert "0x" not in detail and "object at" not in detail and "<" not in detail
+    assert detail in ("invalid token", "malformed token", "algorithm not allowed",
+                      "the token's algorithm does not fit the server's key")
+
+
+def test_authenticator_verify_key_type_mismatch_fixed_detail(rs_auth: Authenticator) -> None:
+    detail = refusal(rs_auth, handmade({"alg": "ES256"}))
+    assert detail == "the token's algorithm does not fit the server's key"
+
+
 # -- issue ----------------------------------------------------------------------
 
 

@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import BadRequest, UnsupportedMediaType
-from app.transports.inbound import MAX_REF_LENGTH, ClientFrame, chat_text_from_body, parse_frame
+from app.hub.message import dumps
+from app.transports.inbound import (
+    MAX_REF_LENGTH,
+    ClientFrame,
+    chat_text_from_body,
+    json_object,
+    parse_frame,
+)
 
 FUZZ = settings(database=None, deadline=None, max_examples=300,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -255,3 +262,51 @@ def test_chat_text_from_body_any_body_text_or_bad_request(content_type: str, bod
         return
     assert text.strip() and "\x00" not in text
     text.encode("utf-8")
+
+
+# -- non-finite numbers ----------------------------------------------------------------
+# Python's json reads NaN, Infinity and 1e999 (as inf); every writer here refuses them
+# (allow_nan=False), so accepting one meant a 500 later, on the way out.
+
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1E400", "123456789e9999", "-0.5e+999"]
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+def test_parse_frame_non_finite_number_anywhere_bad_request(number: str) -> None:
+    for frame in ('{"type":"ping","x":%s}', '{"type":"chat","text":"hi","ref":%s}',
+                  '{"type":"chat","text":"hi","deep":[{"a":[%s]}]}', "%s"):
+        with pytest.raises(BadRequest, match="non-finite numbers .* are not JSON"):
+            parse_frame(frame.replace("%s", number))
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+def test_json_bodies_non_finite_number_bad_request(number: str) -> None:
+    body = '{"user":"bob","data":{"x":[1,%s]}}'.replace("%s", number).encode()
+    with pytest.raises(BadRequest, match="non-finite"):
+        json_object("application/json", body)
+    with pytest.raises(BadRequest, match="non-finite"):
+        chat_text_from_body("application/json", '{"text":"hi","x":%s}'.replace("%s", number).encode())
+
+
+@pytest.mark.parametrize(("number", "value"), [
+    ("1.5", 1.5), ("-0.0", -0.0), ("1e308", 1e308), ("1e-999", 0.0), ("2E-3", 0.002), ("10", 10),
+    ("1" * 300, int("1" * 300)),
+])
+def test_json_object_finite_numbers_kept(number: str, value: float) -> None:
+    assert json_object("application/json", '{"x":%s}'.replace("%s", number).encode()) == {"x": value}
+
+
+def test_parse_frame_non_finite_as_text_accepted() -> None:
+    assert parse_frame('{"type":"chat","text":"NaN Infinity 1e999"}').text == "NaN Infinity 1e999"
+
+
+@FUZZ
+@given(value=st.dictionaries(st.text(max_size=5), json_values, max_size=5),
+       floats=st.lists(st.floats() | st.sampled_from(["1e999", "-1E400", "NaN"]), max_size=3))
+def test_json_object_any_accepted_body_can_be_written_back(value: dict[str, Any], floats: list[Any]) -> None:
+    body = json.dumps({**value, "floats": floats})  # NaN and Infinity as Python writes them
+    try:
+        accepted = json_object("application/json", body.encode())
+    except BadRequest:
+        return
+    dumps(accepted)  # what the hub does with it: allow_nan=False, must not raise
