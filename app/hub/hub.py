@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from app.hub.backends.base import Backend
-from app.hub.message import Cursor, Frames, History, Message, encode_body, presence_frame
+from app.hub.backends.base import Backend, BackendUnavailable
+from app.hub.message import Cursor, Frames, Message, encode_body, presence_frame
 from app.hub.subscription import Subscription
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ BROADCAST = "broadcast"
 # on its own meant one socket write per member per join, 5 s of CPU for 1,000 users
 # joining one room; gathered, a member's socket takes a window's joins in one write.
 LIVE_WINDOW_S = 0.05
+REPLAY_PAGE_MAX = 500  # messages read from history per page of a replay
 
 
 def room_channel(room: str) -> str:
@@ -41,10 +42,13 @@ def notification_channels(user: str) -> tuple[str, str]:
 
 
 class Hub:
-    def __init__(self, backend: Backend, *, outbox_size: int = 1000, history_size: int = 1000) -> None:
+    def __init__(self, backend: Backend, *, outbox_size: int = 1000) -> None:
         self.backend = backend
         self._outbox_size = outbox_size
-        self._history_size = history_size
+        # A replay goes a page at a time, each once the previous one was taken by the socket:
+        # a backlog larger than the outbox is paced by the reader, never poured in at once.
+        self._page_size = max(1, min(REPLAY_PAGE_MAX, outbox_size // 2))
+        self._subscriptions: set[Subscription] = set()  # all of them, channels or not
         self._subscribers: dict[str, set[Subscription]] = {}
         # One lock per channel: the first local subscriber subscribes at the backend
         # while later ones wait, and an unsubscribe never races a resubscribe.
@@ -62,9 +66,8 @@ class Hub:
 
         Join/leave frames still waiting go out first (ending subscriptions take no more)."""
         self._deliver_live()
-        for subscribers in self._subscribers.values():
-            for subscription in subscribers:
-                subscription.close()
+        for subscription in tuple(self._subscriptions):
+            subscription.close()
 
     async def close(self) -> None:
         self.close_subscriptions()
@@ -102,28 +105,62 @@ class Hub:
         parsed = Cursor.parse(cursor)
         if parsed is not None:
             subscription.hold()
+        self._subscriptions.add(subscription)
         added: list[str] = []
+        replaying: asyncio.Task[None] | None = None
         try:
             for channel in subscription.channels:
                 await self._add(channel, subscription)
                 added.append(channel)
-            history: History | None = None
-            if parsed is not None:
-                history = await self._replayable(subscription.channels, parsed)
-            subscription.replay(history)
+            if parsed is not None:  # the first page now, so the welcome can say `recovered`
+                after = await self._replay_page(subscription, parsed)
+                if after is not None:
+                    replaying = asyncio.create_task(self._replay_rest(subscription, after))
             yield subscription
         finally:
             subscription.close()
+            self._subscriptions.discard(subscription)
+            if replaying is not None:
+                replaying.cancel()
             for channel in added:
                 await self._remove(channel, subscription)
 
-    async def _replayable(self, channels: tuple[str, ...], cursor: Cursor) -> History:
-        """Everything retained after ``cursor``; more than the channels can hold means a gap."""
-        limit = self._history_size * len(channels)
-        history = await self.backend.history(channels, cursor, limit + 1)
-        if history.recovered and len(history.messages) > limit:
-            return History(history.messages[:limit], recovered=False)
-        return history
+    async def _replay_page(self, subscription: Subscription, after: Cursor) -> Cursor | None:
+        """Queues one page of history after ``after``; where the next starts, or None once live.
+
+        Live messages are held meanwhile. If they outgrow the outbox they are let go (they
+        are in history too), and the page that was being read is no longer the last one.
+        """
+        drops = subscription.held_drops
+        page = await self.backend.history(subscription.channels, after, self._page_size)
+        if subscription.recovered is None:
+            subscription.recovered = page.recovered
+        if not page.recovered:  # gone from history (or trimmed while we paged): resync
+            subscription.resync()
+            subscription.go_live()
+            return None
+        subscription.replay_page(page.messages)
+        if len(page.messages) < self._page_size and subscription.held_drops == drops:
+            subscription.go_live()
+            return None
+        last = page.messages[-1] if page.messages else None
+        return after if last is None or last.seq is None else Cursor(last.epoch, last.seq)
+
+    async def _replay_rest(self, subscription: Subscription, after: Cursor | None) -> None:
+        """The pages after the first, each once the socket took the one before."""
+        try:
+            while after is not None:
+                await subscription.drained()
+                if subscription.ended:
+                    return
+                after = await self._replay_page(subscription, after)
+        except BackendUnavailable:
+            log.info("replay for %s cut short: backend unavailable", subscription.connection_id)
+            subscription.resync()
+            subscription.go_live()
+        except Exception:
+            log.exception("replay for %s failed", subscription.connection_id)
+            subscription.close()
 
     async def _add(self, channel: str, subscription: Subscription) -> None:
         subscribers = self._subscribers.get(channel)

@@ -27,7 +27,7 @@ class Subscription:
 
     __slots__ = (
         "channels", "connection_id", "recovered", "_outbox", "_maxsize", "_changed",
-        "_held", "_epoch", "_last_seq", "overflowed", "closed", "on_ready", "write_now",
+        "_held", "held_drops", "_epoch", "_last_seq", "overflowed", "closed", "on_ready", "write_now",
     )
 
     def __init__(self, channels: tuple[str, ...], connection_id: str, maxsize: int) -> None:
@@ -38,6 +38,7 @@ class Subscription:
         self._maxsize = maxsize
         self._changed: asyncio.Event | None = None  # made by the first awaiting consumer
         self._held: list[Message] | None = None
+        self.held_drops = 0  # times the held live messages were let go (see ``offer``)
         self._epoch = ""
         self._last_seq = 0
         self.overflowed = False
@@ -71,7 +72,10 @@ class Subscription:
         if self._held is not None:
             self._held.append(message)
             if len(self._held) > self._maxsize:
-                self._overflow()
+                # A long replay: what is held is in history too, and the hub pages on
+                # through history until it has caught up (``held_drops`` tells it).
+                self._held = []
+                self.held_drops += 1
             return
         seq = message.seq
         if seq is not None:
@@ -93,24 +97,37 @@ class Subscription:
         for message in frames:
             self.offer(message)
 
-    def send_frame(self, json_text: str) -> None:
-        """Queues a frame of this connection's own (ack, error, pong) behind earlier messages."""
-        self._append(Message("", json_text))
+    def send_frame(self, frame: str | Message) -> None:
+        """Queues a frame of this connection's own (ack, error, pong; JSON text or an encoded
+        Message) behind earlier messages."""
+        self._append(Message("", frame) if isinstance(frame, str) else frame)
 
     def hold(self) -> None:
-        """Holds live messages back while history is replayed (see ``replay``)."""
+        """Holds live messages back while history is replayed (``replay_page``, ``go_live``)."""
         self._held = []
 
     def replay(self, history: History | None) -> None:
-        """Queues the replayed history, then the held live messages, de-duplicated at the seam."""
-        held, self._held = self._held or [], None
+        """Queues one page of history (or a resync), then goes live."""
         if history is not None:
             self.recovered = history.recovered
             if history.recovered:
-                for message in history.messages:
-                    self._push(message)
-            else:  # the client refetches history (GET …/messages), then goes on live
-                self._append(Message("", '{"type":"resync"}'))
+                self.replay_page(history.messages)
+            else:
+                self.resync()
+        self.go_live()
+
+    def replay_page(self, messages: list[Message]) -> None:
+        """Queues replayed messages; live ones stay held until ``go_live``."""
+        for message in messages:
+            self._push(message)
+
+    def resync(self) -> None:
+        """Tells the client that messages were lost: it refetches history (GET …/messages)."""
+        self._append(Message("", '{"type":"resync"}'))
+
+    def go_live(self) -> None:
+        """Queues the held live messages, de-duplicated at the seam, and stops holding."""
+        held, self._held = self._held or [], None
         for message in held:
             self._push(message)
 
