@@ -21,9 +21,9 @@ from app.hub.backends.memory import MemoryBackend
 from app.hub.hub import Hub
 from app.hub.message import dumps
 from app.lifecycle import install_drain_on_signals, tune_garbage_collector, warn_if_hub_split
-from app.limits import ConnectionLimiter
-from app.observability import configure_logging
-from app.transports import connection_control, http, site, sse, websocket
+from app.limits import ConnectionLimits, raise_fd_limit
+from app.observability import configure_logging, quiet_accept_failures
+from app.transports import http, hypercorn_bridge, site, sse, websocket
 from app.transports.asgi import LiveRouter
 from app.transports.common import Services, cors_headers
 
@@ -47,13 +47,15 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     warn_if_hub_split(settings.redis_url)
-    connection_control.install(websocket_compression=settings.websocket_compression)
+    if handle_signals:  # serving as the process: each connection is a file descriptor
+        raise_fd_limit()
+        quiet_accept_failures()
     app = Quart(__name__, static_folder=None)  # static files: app/transports/site.py
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
-    hub = Hub(build_backend(settings), outbox_size=settings.outbox_size,
-              history_size=settings.history_size)
-    svc = Services(settings=settings, hub=hub, authenticator=Authenticator(settings),
-                   connections=ConnectionLimiter(settings.max_connections_per_user))
+    hub = Hub(build_backend(settings), outbox_size=settings.outbox_size)
+    limits = ConnectionLimits(hub.backend, max_per_user=settings.max_connections_per_user,
+                              max_total=settings.max_connections)
+    svc = Services(settings=settings, hub=hub, authenticator=Authenticator(settings), limits=limits)
     app.extensions["hubbub"] = svc
     app.hub = hub  # type: ignore[attr-defined]  # for server-side code: app.hub.notify(...)
     for blueprint in (http.bp, site.bp):
@@ -72,25 +74,24 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     async def start() -> None:
         await hub.start()
         if handle_signals:  # serving as the process, not embedded: tune it as a server
-            install_drain_on_signals(asyncio.get_running_loop(), lambda: _drain(svc))
+            install_drain_on_signals(asyncio.get_running_loop(), svc.drain)
             tune_garbage_collector()
         if settings.ephemeral_secret:
             log.warning("JWT_SECRET is not set: using an ephemeral secret; demo login is on "
                         "and tokens die with this process")
-        log.info("hubbub ready: backend=%s", hub.backend.name)
+        fast, why = hypercorn_bridge.status()
+        if not fast:
+            log.warning("fast path off, writing through plain ASGI (slower): %s", why)
+        log.info("hubbub ready: backend=%s, max connections=%d, fast path %s (%s)", hub.backend.name,
+                 limits.max_total, "on" if fast else "off", why)
 
     @app.after_serving
     async def stop() -> None:
-        _drain(svc)
+        svc.stop_watching()
+        svc.drain()
         await hub.close()
 
     return app
-
-
-def _drain(svc: Services) -> None:
-    """Refuses new connections and ends live ones (WebSocket 1012, SSE end with retry hint)."""
-    svc.draining = True
-    svc.hub.close_subscriptions()
 
 
 def _register_errors(app: Quart) -> None:

@@ -36,6 +36,7 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     rooms: tuple[str, ...] | None = None  # glob patterns; None = every room
     expires_at: float | None = None  # Unix time
+    demo: bool = False  # from the demo login: publishes within the chat rate limit
 
     def may_join(self, room: str) -> bool:
         if self.rooms is None:
@@ -55,7 +56,7 @@ class Principal:
 
     def to_json(self) -> str:
         return json.dumps({"sub": self.user, "scope": " ".join(sorted(self.scopes)),
-                           "rooms": self.rooms, "exp": self.expires_at})
+                           "rooms": self.rooms, "exp": self.expires_at, "demo": self.demo})
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any]) -> Principal:
@@ -78,6 +79,7 @@ class Principal:
             scopes=frozenset(scope.split()),
             rooms=None if rooms is None else tuple(rooms),
             expires_at=float(exp) if isinstance(exp, int | float) else None,
+            demo=claims.get("demo") is True,
         )
 
 
@@ -135,7 +137,7 @@ class Authenticator:
         return Principal.from_claims(claims)
 
     def issue(self, user: str, *, scope: str = "", ttl_s: int = 3600,
-              rooms: list[str] | None = None) -> str:
+              rooms: list[str] | None = None, demo: bool = False) -> str:
         if not self.can_issue:
             raise RuntimeError("tokens can only be issued with JWT_SECRET (HS256)")
         now = int(time.time())
@@ -144,6 +146,8 @@ class Authenticator:
             claims["scope"] = scope
         if rooms is not None:
             claims["rooms"] = rooms
+        if demo:
+            claims["demo"] = True
         if self._settings.jwt_audience:
             claims["aud"] = self._settings.jwt_audience
         if self._settings.jwt_issuer:
@@ -190,9 +194,10 @@ async def redeem_ticket(backend: Backend, ticket: str) -> Principal:
 
 async def authenticate(
     authenticator: Authenticator, backend: Backend,
-    headers: Lookup, args: Lookup,
+    headers: Lookup, args: Lookup, *, tickets: bool,
 ) -> Principal | None:
-    """The principal from the header, the ``token`` or the ``ticket`` query parameter.
+    """The principal from the header, the ``token`` query parameter, or (``tickets``: on the
+    live endpoints, where a ticket opens one stream) the ``ticket`` query parameter.
 
     None when the request carries none of them; Unauthorized when one is wrong.
     """
@@ -200,6 +205,8 @@ async def authenticate(
     if token:
         return authenticator.verify(token)
     ticket = args.get("ticket")
-    if ticket:
+    if ticket and tickets:
         return await redeem_ticket(backend, ticket)
+    if ticket:
+        raise Unauthorized("a ticket opens one WebSocket or SSE stream; use a token here")
     return None

@@ -54,6 +54,39 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class OncePerInterval(logging.Filter):
+    """Lets a record through once per ``interval_s`` (without its traceback), counting the rest.
+
+    asyncio logs every failed accept() with a traceback, and retries at once: with no file
+    descriptor left that is thousands of lines a second, which hide everything else."""
+
+    def __init__(self, starts_with: str, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self._starts_with = starts_with
+        self._interval_s = interval_s
+        self._last = float("-inf")
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self._starts_with):
+            return True
+        if record.created - self._last < self._interval_s:
+            self._dropped += 1
+            return False
+        self._last = record.created
+        more = f" ({self._dropped} more since the last report)" if self._dropped else ""
+        record.msg, record.args, self._dropped = f"{record.getMessage()}{more}", None, 0
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_accept_failures() -> None:
+    """Once every 10 s at most: "socket.accept() out of system resource" (EMFILE, ENFILE)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, OncePerInterval) for f in logger.filters):
+        logger.addFilter(OncePerInterval("socket.accept() out of system resource"))
+
+
 def _not_hypercorn(record: logging.LogRecord) -> bool:
     """Hypercorn writes its own log lines (--error-logfile, --access-logfile): not twice."""
     return not record.name.startswith("hypercorn.")
@@ -83,10 +116,10 @@ class Metrics:
     slow_consumers: int = 0
     auth_failures: int = 0
 
-    def render(self, gauges: dict[str, float], delivered: int) -> str:
+    def render(self, gauges: dict[str, float], **counted_elsewhere: int) -> str:
         """Prometheus text format (version 0.0.4)."""
         counters = {f.name: getattr(self, f.name) for f in fields(self)}
-        counters["delivered"] = delivered
+        counters.update(counted_elsewhere)
         lines: list[str] = []
         for key, value in counters.items():
             name = f"hubbub_{key}_total"

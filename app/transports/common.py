@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -16,9 +18,12 @@ from app.errors import BadRequest, Forbidden, RateLimited, Unauthorized, Unavail
 from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import Hub, room_channel
 from app.hub.message import Message, dumps
-from app.limits import ConnectionLimiter
+from app.limits import ConnectionLimits
 from app.observability import Metrics
-from app.transports.connection_control import WriteBatcher
+from app.transports.hypercorn_bridge import Bridge
+from app.transports.socket_writer import WriteBatcher
+
+log = logging.getLogger(__name__)
 
 _ROOM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -30,10 +35,36 @@ class Services:
     settings: Settings
     hub: Hub
     authenticator: Authenticator
-    connections: ConnectionLimiter
+    limits: ConnectionLimits
     metrics: Metrics = field(default_factory=Metrics)
     writes: WriteBatcher = field(default_factory=WriteBatcher)  # direct socket writes, per turn
     draining: bool = False
+    _shutdown_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    def drain(self) -> None:
+        """Refuses new connections and ends live ones (WebSocket 1012, SSE end with retry hint)."""
+        self.draining = True
+        self.hub.close_subscriptions()
+
+    def watch_server_shutdown(self, bridge: Bridge | None) -> None:
+        """Drains as soon as the server begins to shut down, however it was told to: a
+        SIGTERM to Hypercorn's supervisor alone (docker stop, systemd) reaches no handler of
+        ours, and Hypercorn would otherwise cut live connections at its graceful timeout."""
+        if bridge is None or self._shutdown_watch is not None:
+            return
+        shutdown = bridge.server_shutdown()
+
+        async def watch() -> None:
+            await shutdown
+            if not self.draining:
+                log.info("server shutting down: closing connections so clients resume elsewhere")
+                self.drain()
+
+        self._shutdown_watch = asyncio.get_running_loop().create_task(watch())
+
+    def stop_watching(self) -> None:
+        if self._shutdown_watch is not None:
+            self._shutdown_watch.cancel()
 
 
 def services() -> Services:
@@ -75,6 +106,7 @@ def origin_allowed(settings: Settings, origin: str | None, host: str) -> bool:
 
 def cors_headers(settings: Settings, origin: str | None) -> dict[str, str]:
     """CORS response headers for a cross-origin caller in ALLOWED_ORIGINS (same-origin needs none)."""
+    # host="": no Host matches here, only the list does.
     if not origin or not settings.allowed_origins or not origin_allowed(settings, origin, ""):
         return {}
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
@@ -82,17 +114,19 @@ def cors_headers(settings: Settings, origin: str | None) -> dict[str, str]:
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Max-Age": "600"}
 
 
-def admit(svc: Services, principal: Principal) -> None:
-    """Refuses a new live connection while shutting down or past the user's limit."""
+def refuse_while_draining(svc: Services) -> None:
     if svc.draining:
         raise Unavailable("server restarting: reconnect shortly", retry_after=2)
-    svc.connections.check(principal.user)
 
 
-async def require_principal(svc: Services, headers: Lookup, args: Lookup) -> Principal:
-    principal = await authenticate(svc.authenticator, svc.hub.backend, headers, args)
+async def require_principal(svc: Services, headers: Lookup, args: Lookup, *,
+                            tickets: bool = False) -> Principal:
+    """The caller; ``tickets``: a ticket is accepted too (it opens one live stream, nothing else)."""
+    principal = await authenticate(svc.authenticator, svc.hub.backend, headers, args, tickets=tickets)
     if principal is None:
-        raise Unauthorized("a bearer token, a token or a ticket query parameter is required")
+        what = "a bearer token, a token or a ticket query parameter" if tickets else \
+            "a bearer token (or a token query parameter)"
+        raise Unauthorized(f"{what} is required")
     return principal
 
 
@@ -105,18 +139,40 @@ def ack_frame(message_id: str | None, ref: Any) -> str:
     return dumps({"type": "ack", "id": message_id, "ref": ref})
 
 
+async def take_token(svc: Services, key: str, rate_per_s: float, burst: int, what: str) -> None:
+    """Takes a token from ``key``'s bucket, or refuses ``what`` with 429 / error rate_limited."""
+    try:
+        wait_s = await svc.hub.backend.take_token(key, rate_per_s, burst)
+    except BackendUnavailable:
+        raise Unavailable("the rate-limit backend is unreachable; retry later", retry_after=2) from None
+    if wait_s > 0:
+        raise RateLimited(f"slow down: next {what} allowed in {wait_s:.1f} s", retry_after=wait_s)
+
+
+async def limit_chat(svc: Services, principal: Principal) -> None:
+    """The chat rate of a user, shared by WebSocket and POST (and by demo-login publishers)."""
+    s = svc.settings
+    await take_token(svc, f"rate:{principal.user}", s.rate_limit_per_second, s.rate_limit_burst,
+                     "message")
+
+
+async def limit_publisher(svc: Services, principal: Principal) -> None:
+    """The publish rate of a token with scope notify: its own, higher limit; a demo-login token
+    is anyone's for the asking, so it gets the chat limit."""
+    if principal.demo:
+        await limit_chat(svc, principal)
+        return
+    s = svc.settings
+    await take_token(svc, f"publish:{principal.user}", s.publish_rate_limit_per_second,
+                     s.publish_rate_limit_burst, "publish")
+
+
 async def publish_chat(svc: Services, principal: Principal, room: str, text: str,
                        origin: str | None = None) -> Message:
     """Publishes a chat message within the user's rate limit (shared by WebSocket and POST)."""
     principal.require_room(room)
+    await limit_chat(svc, principal)
     try:
-        wait_s = await svc.hub.backend.take_token(
-            f"rate:{principal.user}", svc.settings.rate_limit_per_second,
-            svc.settings.rate_limit_burst,
-        )
-        if wait_s > 0:
-            raise RateLimited(f"slow down: next message allowed in {wait_s:.1f} s",
-                              retry_after=wait_s)
         message = await svc.hub.publish(
             room_channel(room), {"type": "chat", "text": text},
             sender=principal.user, origin=origin,

@@ -9,12 +9,22 @@ from app.errors import BadRequest, Forbidden, TooLarge, Unauthorized, Unavailabl
 from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import room_channel
 from app.hub.message import Cursor, dumps
-from app.transports.common import Services, publish_chat, require_principal, services, valid_room
+from app.transports.common import (
+    Services,
+    limit_publisher,
+    publish_chat,
+    require_principal,
+    services,
+    take_token,
+    valid_room,
+)
 from app.transports.inbound import chat_text_from_body, json_object
 
 bp = Blueprint("http", __name__)
 
 DEFAULT_HISTORY_LIMIT = 100
+MAX_HISTORY_LIMIT = 10_000  # asked for more: clamped to HISTORY_SIZE anyway
+TICKETS_PER_S = 1.0  # minting per user; the burst is twice MAX_CONNECTIONS_PER_USER
 _DEMO_USER_MAX = 64
 
 
@@ -60,11 +70,12 @@ async def get_messages(room: str) -> Response:
     raw_limit = request.args.get("limit", str(DEFAULT_HISTORY_LIMIT))
     # isascii() and the length: str.isdigit() also accepts "²" and 5000 digits, which int() refuses.
     if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9) \
-            or not 1 <= int(raw_limit) <= svc.settings.history_size:
-        raise BadRequest(f"limit must be an integer from 1 to {svc.settings.history_size}")
+            or not 1 <= int(raw_limit) <= MAX_HISTORY_LIMIT:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+    limit = min(int(raw_limit), svc.settings.history_size)  # no more is kept anyway
     try:
         history = await svc.hub.backend.history(
-            [room_channel(room)], Cursor.parse(request.args.get("since")), int(raw_limit)
+            [room_channel(room)], Cursor.parse(request.args.get("since")), limit
         )
     except BackendUnavailable:
         raise Unavailable("the message backend is unreachable", retry_after=2) from None
@@ -93,6 +104,7 @@ async def post_notification() -> Response:
     svc = services()
     principal = await _principal(svc)
     principal.require_scope("notify")
+    await limit_publisher(svc, principal)
     body = json_object(request.content_type or "", await _body(svc))
     if "data" not in body:
         raise BadRequest("'data' is required (any JSON value)")
@@ -119,6 +131,8 @@ async def post_ticket() -> Response:
     left = principal.seconds_left()
     if left is not None and left <= 0:  # within the verify leeway, but its ticket would be refused
         raise Unauthorized("token expired")
+    await take_token(svc, f"tickets:{principal.user}", TICKETS_PER_S,
+                     2 * svc.settings.max_connections_per_user, "ticket")
     try:
         ticket = await issue_ticket(svc.hub.backend, principal)
     except BackendUnavailable:
@@ -139,7 +153,7 @@ async def post_demo_token() -> Response:
     if scope not in ("", "notify"):
         raise BadRequest("'scope' may only be \"notify\"")
     ttl = 3600
-    token = svc.authenticator.issue(user, scope=scope, ttl_s=ttl)
+    token = svc.authenticator.issue(user, scope=scope, ttl_s=ttl, demo=True)
     return _json({"token": token, "expires_in": ttl})
 
 

@@ -25,11 +25,11 @@ from app.hub.backends.base import BackendUnavailable
 from app.hub.message import Message
 from app.hub.subscription import SlowConsumer, Subscription
 from app.transports.common import Services
-from app.transports.connection_control import ConnectionControl, DirectWriter, control_of
+from app.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
+from app.transports.socket_writer import DirectWriter
 
 log = logging.getLogger(__name__)
 
-CLOSE_GRACE_S = 2.0
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -46,29 +46,30 @@ TOKEN_EXPIRED = Closing(Close.UNAUTHORIZED, "token expired")
 RESTARTING = Closing(Close.SERVICE_RESTART, "server restarting")
 BACKEND_DOWN = Closing(Close.TRY_AGAIN_LATER, "backend unavailable")
 PEER_GONE = Closing(Close.NORMAL, "")
+TOO_BIG = Closing(Close.TOO_BIG, "message too big")
 INTERNAL_ERROR = Closing(Close.INTERNAL_ERROR, "internal error")
 
 
 class LiveConnection:
     """Subclasses say how a message, a heartbeat and the ending go on their wire."""
 
-    __slots__ = ("svc", "principal", "sub", "room", "send", "control", "direct", "closing",
+    __slots__ = ("svc", "principal", "sub", "room", "send", "bridge", "direct", "closing",
                  "_loop", "_flusher", "_ender", "_timer", "_abort")
 
     frame_attribute: ClassVar[str]  # the Message attribute holding its bytes on this wire
     checks_silence: ClassVar[bool] = False  # WebSocket: close a peer silent for IDLE_TIMEOUT
 
-    def __init__(self, svc: Services, principal: Principal, sub: Subscription, scope: dict[str, Any],
-                 send: Send, room: str | None) -> None:
+    def __init__(self, svc: Services, principal: Principal | None, sub: Subscription,
+                 scope: dict[str, Any], send: Send, room: str | None, bridge: Bridge | None) -> None:
         self.svc = svc
-        self.principal = principal
+        self.principal = principal  # None: no user (/ws/echo)
         self.sub = sub
         self.room = room
         self.send = send
-        self.control: ConnectionControl | None = control_of(scope)
+        self.bridge = bridge  # None: not Hypercorn, or the fast path is off
         self.direct: DirectWriter | None = None
-        if self.control is not None and self.wire_allows_direct(scope):
-            self.direct = self.control.direct_writer(attrgetter(self.frame_attribute), svc.writes)
+        if bridge is not None and self.wire_allows_direct(scope):
+            self.direct = bridge.direct_writer(attrgetter(self.frame_attribute), svc.writes)
         self.closing: Closing | None = None
         self._loop = asyncio.get_running_loop()
         self._flusher: asyncio.Task[None] | None = None
@@ -100,31 +101,38 @@ class LiveConnection:
 
     async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         """Joins the room, serves until the peer is gone, leaves. Never raises for the peer."""
-        channel, user, connection_id = self.sub.channels[0], self.principal.user, self.sub.connection_id
+        connection_id = self.sub.connection_id
         joined = False
         if self.direct is not None:
             self.sub.write_now = self.direct.try_write
+        if self.bridge is not None:
+            self.bridge.on_too_big = lambda: self.end(TOO_BIG)
         self.sub.on_ready = self._on_ready
         if self.sub.backlog or self.sub.ended:  # a replay queued before we listened
             self._on_ready()
         self._schedule(first=True)
         try:
-            if self.room is not None:
+            if self.room is not None and self.principal is not None:
                 try:
-                    await self.svc.hub.join(channel, user, connection_id)
+                    await self.svc.hub.join(self.sub.channels[0], self.principal.user, connection_id)
                     joined = True
                 except BackendUnavailable:
                     self.end(BACKEND_DOWN)
             await self.serve(receive)
         finally:
             self.sub.write_now = self.sub.on_ready = None
+            if self.bridge is not None:
+                self.bridge.on_too_big = None
+            if self.direct is not None:
+                self.direct.close()
             for handle in (self._timer, self._abort):
                 if handle is not None:
                     handle.cancel()
             for task in (self._flusher, self._ender):
                 if task is not None:
                     task.cancel()
-            if joined:
+            if joined and self.principal is not None:
+                channel, user = self.sub.channels[0], self.principal.user
                 try:
                     await self.svc.hub.leave(channel, user, connection_id)
                 except BackendUnavailable:
@@ -148,13 +156,15 @@ class LiveConnection:
         self._ender = self._loop.create_task(self._send_ending(closing))
 
     def abort(self) -> None:
-        if self.control is not None:
-            self.control.abort()
+        if self.bridge is not None:
+            self.bridge.abort()
 
     async def _send_ending(self, closing: Closing) -> None:
         try:
             if self._flusher is not None:
                 await asyncio.wait([self._flusher])
+            if self.direct is not None:
+                self.direct.close()  # the ending goes through the server, after all we wrote
             await self.send_ending(closing)
         except (OSError, RuntimeError):
             pass  # the peer is gone; the server ends the request
@@ -196,7 +206,7 @@ class LiveConnection:
             delay *= random.uniform(0.5, 1.0)
         if self.checks_silence:
             delay = min(delay, settings.idle_timeout_s)
-        left = self.principal.seconds_left()
+        left = self.principal.seconds_left() if self.principal is not None else None
         if left is not None:
             delay = min(delay, max(left, 0.0))
         self._timer = self._loop.call_later(delay, self._tick)
@@ -205,12 +215,12 @@ class LiveConnection:
         self._timer = None
         if self.closing is not None:
             return
-        left = self.principal.seconds_left()
+        left = self.principal.seconds_left() if self.principal is not None else None
         if left is not None and left <= 0:
             self.end(TOKEN_EXPIRED)
             return
         idle_limit = self.svc.settings.idle_timeout_s
-        if self.checks_silence and self.control is not None and self.control.idle_for() > idle_limit:
+        if self.checks_silence and self.bridge is not None and self.bridge.idle_for() > idle_limit:
             self.end(Closing(Close.TRY_AGAIN_LATER, f"nothing received for {idle_limit:.0f} s"))
             return
         self.heartbeat()

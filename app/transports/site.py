@@ -66,7 +66,7 @@ async def healthz() -> Response:
     svc = services()
     ok = await svc.hub.backend.ping() and not svc.draining  # draining: take me out of rotation
     body = {"status": "ok" if ok else "unavailable", "backend": svc.hub.backend.name,
-            "connections": svc.connections.total(), "draining": svc.draining}
+            "connections": svc.limits.total, "draining": svc.draining}
     response = Response(dumps(body), status=200 if ok else 503, content_type="application/json")
     if not ok:
         response.headers["Retry-After"] = "2"
@@ -77,9 +77,16 @@ async def healthz() -> Response:
 async def metrics() -> Response:
     svc = services()
     gauges = {
-        "connections": float(svc.connections.total()),
+        "connections": float(svc.limits.total),
         "subscriptions": float(svc.hub.local_subscriptions()),
         "backend_up": 1.0 if await svc.hub.backend.ping() else 0.0,
     }
-    text = svc.metrics.render(gauges, delivered=svc.hub.delivered)
+    # What the backend holds in this process (memory only; Redis expires its keys itself):
+    # hubbub_retained_channels and the like must fall back once traffic stops.
+    retained = getattr(svc.hub.backend, "retained", None)
+    if retained is not None:
+        gauges.update((f"retained_{kind}", float(n)) for kind, n in retained().items())
+    gauges["max_connections"] = float(svc.limits.max_total)
+    text = svc.metrics.render(gauges, delivered=svc.hub.delivered,
+                              connections_refused=svc.limits.refused)
     return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")

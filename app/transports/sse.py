@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 from sse_starlette.event import ServerSentEvent
@@ -24,14 +25,15 @@ from app.hub.wire import http_chunk
 from app.transports.asgi import Receive, Request, Send, raw_headers, send_error
 from app.transports.common import (
     Services,
-    admit,
     check_origin,
     cors_headers,
     new_connection_id,
+    refuse_while_draining,
     require_principal,
     valid_room,
     welcome_frame,
 )
+from app.transports.hypercorn_bridge import Bridge
 from app.transports.live import BACKEND_DOWN, Closing, LiveConnection
 
 _HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -55,11 +57,11 @@ def _retry_event(data: str | None = None) -> bytes:
 
 async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
     try:
+        refuse_while_draining(svc)
         room = valid_room(request.args.get("room"))
         check_origin(svc.settings, request.headers, request.host)
-        principal = await require_principal(svc, request.headers, request.args)
+        principal = await require_principal(svc, request.headers, request.args, tickets=True)
         principal.require_room(room)
-        admit(svc, principal)
     except HubError as error:
         await send_error(send, request, svc.settings, error)
         return
@@ -68,9 +70,9 @@ async def chat(svc: Services, request: Request, receive: Receive, send: Send) ->
 
 async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
     try:
+        refuse_while_draining(svc)
         check_origin(svc.settings, request.headers, request.host)
-        principal = await require_principal(svc, request.headers, request.args)
-        admit(svc, principal)
+        principal = await require_principal(svc, request.headers, request.args, tickets=True)
     except HubError as error:
         await send_error(send, request, svc.settings, error)
         return
@@ -82,24 +84,31 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
     cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     cors = cors_headers(svc.settings, request.headers.get("Origin"))
     start = {**_START, "headers": raw_headers({**_HEADERS, **cors})} if cors else _START
-    started = False
-    svc.connections.acquire(principal.user)
-    svc.metrics.connections_opened += 1
-    try:
-        async with svc.hub.subscribe(channels, cursor=cursor, connection_id=new_connection_id()) as sub:
-            await send(start)
-            started = True
-            connection = SSEConnection(svc, principal, sub, request.scope, send, room)
-            await connection.greet(welcome_frame(channels[0], principal.user, sub.recovered,
-                                                 svc.settings.heartbeat_interval_s))
-            await connection.run(receive)
-    except BackendUnavailable:
-        if not started:
-            await send(start)
-        await send({"type": "http.response.body", "body": _retry_event(_BACKEND_DOWN_EVENT),
-                    "more_body": False})
-    finally:
-        svc.connections.release(principal.user)
+    connection_id = new_connection_id()
+    bridge = Bridge.attach(send)
+    svc.watch_server_shutdown(bridge)
+    async with AsyncExitStack() as slots:
+        try:  # refused with an HTTP status before the stream starts
+            await slots.enter_async_context(svc.limits.process_slot())
+            await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
+        except HubError as error:
+            await send_error(send, request, svc.settings, error)
+            return
+        svc.metrics.connections_opened += 1
+        started = False
+        try:
+            async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
+                await send(start)
+                started = True
+                connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge)
+                await connection.greet(welcome_frame(channels[0], principal.user, sub.recovered,
+                                                     svc.settings.heartbeat_interval_s))
+                await connection.run(receive)
+        except BackendUnavailable:
+            if not started:
+                await send(start)
+            await send({"type": "http.response.body", "body": _retry_event(_BACKEND_DOWN_EVENT),
+                        "more_body": False})
 
 
 class SSEConnection(LiveConnection):

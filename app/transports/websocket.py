@@ -1,7 +1,9 @@
 """WebSocket transport: /ws/echo, /ws/chat, /ws/notifications (ASGI handlers, see asgi.py).
 
 The connection's one task reads the client's frames; everything written after the
-welcome goes through the subscription (see live.py).
+welcome goes through the subscription (see live.py). Every endpoint gets the same
+rules: the origin check, MAX_CONNECTIONS, the message size in bytes, pings and the
+idle close, the drain on shutdown.
 """
 
 from __future__ import annotations
@@ -9,34 +11,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 from app.auth import AUTH_FRAME_TIMEOUT_S, Principal, authenticate
-from app.errors import BadRequest, Close, HubError, TooLarge, Unauthorized
+from app.errors import BadRequest, Close, HubError, RateLimited, TooLarge, Unauthorized
 from app.hub.backends.base import BackendUnavailable
 from app.hub.hub import notification_channels, room_channel
 from app.hub.message import Message
-from app.hub.wire import websocket_text_frame
+from app.hub.wire import websocket_frame, websocket_text_frame
+from app.limits import LocalBucket
 from app.transports.asgi import Receive, Request, Send, reject_upgrade
 from app.transports.common import (
     Services,
     ack_frame,
-    admit,
     check_origin,
     new_connection_id,
     publish_chat,
+    refuse_while_draining,
     valid_room,
     welcome_frame,
 )
-from app.transports.connection_control import control_of
+from app.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
 from app.transports.inbound import parse_frame
-from app.transports.live import (
-    BACKEND_DOWN,
-    CLOSE_GRACE_S,
-    INTERNAL_ERROR,
-    Closing,
-    LiveConnection,
-)
+from app.transports.live import BACKEND_DOWN, INTERNAL_ERROR, RESTARTING, Closing, LiveConnection
 
 log = logging.getLogger(__name__)
 
@@ -56,70 +54,88 @@ def _data(event: dict[str, Any]) -> str | bytes:
     return text if text is not None else (event.get("bytes") or b"")
 
 
+def too_big(data: str | bytes, max_bytes: int) -> bool:
+    """Whether ``data`` is over ``max_bytes`` as sent: text counts in UTF-8 bytes."""
+    if isinstance(data, bytes) or len(data) > max_bytes or len(data) * 4 <= max_bytes:
+        return len(data) > max_bytes  # characters > max means bytes > max; 4 bytes at most each
+    return len(data.encode()) > max_bytes
+
+
+def _attach(svc: Services, send: Send) -> Bridge | None:
+    bridge = Bridge.attach(send, websocket=True, compression=svc.settings.websocket_compression,
+                           max_message_bytes=svc.settings.max_message_bytes)
+    svc.watch_server_shutdown(bridge)
+    return bridge
+
+
 async def echo(svc: Services, request: Request, receive: Receive, send: Send) -> None:
     await receive()  # websocket.connect
-    await send({"type": "websocket.accept"})
-    while True:
-        event = await receive()
-        if event["type"] == "websocket.disconnect":
+    bridge = _attach(svc, send)
+    if svc.draining:
+        await _refuse_while_draining(send, bridge)
+        return
+    async with AsyncExitStack() as stack:
+        try:
+            check_origin(svc.settings, request.headers, request.host)
+            await stack.enter_async_context(svc.limits.process_slot())
+        except HubError as error:
+            await reject_upgrade(send, request, error)
             return
-        data = _data(event)
-        if len(data) > svc.settings.max_message_bytes:
-            await _close(send, request, Closing(Close.TOO_BIG, "message too big"))
-            return
-        key = "text" if isinstance(data, str) else "bytes"
-        await send({"type": "websocket.send", key: data})
+        subscription = await stack.enter_async_context(svc.hub.subscribe(()))
+        svc.metrics.connections_opened += 1
+        await send({"type": "websocket.accept"})
+        await EchoConnection(svc, None, subscription, request.scope, send, None, bridge).run(receive)
 
 
 async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
     await receive()  # websocket.connect
+    bridge = _attach(svc, send)
     if svc.draining:
-        await _refuse_while_draining(send, request)
+        await _refuse_while_draining(send, bridge)
         return
     try:
         room = valid_room(request.args.get("room"))
         check_origin(svc.settings, request.headers, request.host)
-        principal = await authenticate(svc.authenticator, svc.hub.backend, request.headers, request.args)
+        principal = await authenticate(svc.authenticator, svc.hub.backend, request.headers,
+                                       request.args, tickets=True)
         if principal is not None:
             principal.require_room(room)
-            admit(svc, principal)
     except HubError as error:
         await reject_upgrade(send, request, error)
         return
-    await _serve(svc, request, receive, send, principal, (room_channel(room),), room)
+    await _serve(svc, request, receive, send, bridge, principal, (room_channel(room),), room)
 
 
 async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
     await receive()  # websocket.connect
+    bridge = _attach(svc, send)
     if svc.draining:
-        await _refuse_while_draining(send, request)
+        await _refuse_while_draining(send, bridge)
         return
     try:
         check_origin(svc.settings, request.headers, request.host)
-        principal = await authenticate(svc.authenticator, svc.hub.backend, request.headers, request.args)
-        if principal is not None:
-            admit(svc, principal)
+        principal = await authenticate(svc.authenticator, svc.hub.backend, request.headers,
+                                       request.args, tickets=True)
     except HubError as error:
         await reject_upgrade(send, request, error)
         return
-    await _serve(svc, request, receive, send, principal, None, None)
+    await _serve(svc, request, receive, send, bridge, principal, None, None)
 
 
-async def _refuse_while_draining(send: Send, request: Request) -> None:
+async def _refuse_while_draining(send: Send, bridge: Bridge | None) -> None:
     """Accept-then-1012 rather than an HTTP 503: browsers only see a code after an accept."""
     await send({"type": "websocket.accept"})
-    await _close(send, request, Closing(Close.SERVICE_RESTART, "server restarting: reconnect shortly"))
+    await _close(send, bridge, RESTARTING)
 
 
-async def _close(send: Send, request: Request, closing: Closing) -> None:
+async def _close(send: Send, bridge: Bridge | None, closing: Closing) -> None:
     """Sends the close frame; a peer that does not take it within the grace is dropped."""
     try:
         async with asyncio.timeout(CLOSE_GRACE_S):
             await send({"type": "websocket.close", "code": closing.code, "reason": closing.reason})
     except TimeoutError:
-        control = control_of(request.scope)
-        if control is not None:
-            control.abort()
+        if bridge is not None:
+            bridge.abort()
 
 
 async def _principal_from_first_frame(svc: Services, receive: Receive) -> Principal:
@@ -132,7 +148,7 @@ async def _principal_from_first_frame(svc: Services, receive: Receive) -> Princi
     if event["type"] == "websocket.disconnect":
         raise PeerLeft
     data = _data(event)
-    if len(data) > svc.settings.max_message_bytes:
+    if too_big(data, svc.settings.max_message_bytes):
         raise TooLarge("message too big")
     try:
         frame = parse_frame(data)
@@ -143,45 +159,54 @@ async def _principal_from_first_frame(svc: Services, receive: Receive) -> Princi
     return svc.authenticator.verify(frame.token)
 
 
-async def _serve(svc: Services, request: Request, receive: Receive, send: Send,
+async def _serve(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
                  principal: Principal | None, channels: tuple[str, ...] | None,
                  room: str | None) -> None:
-    """Accepts, subscribes, and serves the connection until the peer is gone."""
-    accepted = principal is None
-    if principal is None:
-        await send({"type": "websocket.accept"})
-        try:
-            principal = await _principal_from_first_frame(svc, receive)
-            if room is not None:
-                principal.require_room(room)
-            admit(svc, principal)
-        except PeerLeft:
-            return
+    """Counts the connection, accepts, subscribes, and serves it until the peer is gone."""
+    connection_id = new_connection_id()
+    async with AsyncExitStack() as slots:
+        try:  # refused before the upgrade, with an HTTP status the client can read
+            await slots.enter_async_context(svc.limits.process_slot())
+            if principal is not None:
+                await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
         except HubError as error:
-            svc.metrics.auth_failures += error.status == 401
-            await _close(send, request, Closing(error.close_code, error.detail[:120]))
+            await reject_upgrade(send, request, error)
             return
-    if channels is None:
-        channels = notification_channels(principal.user)
-    svc.connections.acquire(principal.user)
-    svc.metrics.connections_opened += 1
-    try:
-        async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
-                                     connection_id=new_connection_id()) as subscription:
+        accepted = principal is None
+        if principal is None:
+            await send({"type": "websocket.accept"})
+            try:
+                principal = await _principal_from_first_frame(svc, receive)
+                if room is not None:
+                    principal.require_room(room)
+                refuse_while_draining(svc)
+                await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
+            except PeerLeft:
+                return
+            except HubError as error:
+                svc.metrics.auth_failures += error.status == 401
+                await _close(send, bridge, Closing(error.close_code, error.detail[:120]))
+                return
+        if channels is None:
+            channels = notification_channels(principal.user)
+        svc.metrics.connections_opened += 1
+        try:
+            async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
+                                         connection_id=connection_id) as subscription:
+                if not accepted:
+                    await send({"type": "websocket.accept"})
+                    accepted = True
+                connection = WebSocketConnection(svc, principal, subscription, request.scope, send,
+                                                 room, bridge)
+                await connection.greet(welcome_frame(
+                    channels[0], principal.user, subscription.recovered,
+                    svc.settings.heartbeat_interval_s,
+                ))
+                await connection.run(receive)
+        except BackendUnavailable:
             if not accepted:
                 await send({"type": "websocket.accept"})
-                accepted = True
-            connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room)
-            await connection.greet(welcome_frame(
-                channels[0], principal.user, subscription.recovered, svc.settings.heartbeat_interval_s,
-            ))
-            await connection.run(receive)
-    except BackendUnavailable:
-        if not accepted:
-            await send({"type": "websocket.accept"})
-        await _close(send, request, BACKEND_DOWN)
-    finally:
-        svc.connections.release(principal.user)
+            await _close(send, bridge, BACKEND_DOWN)
 
 
 class WebSocketConnection(LiveConnection):
@@ -198,11 +223,14 @@ class WebSocketConnection(LiveConnection):
 
     async def send_batch(self, batch: Sequence[Message]) -> None:
         for message in batch:
-            await self.send({"type": "websocket.send", "text": message.json})
+            if isinstance(message, BinaryFrame):
+                await self.send({"type": "websocket.send", "bytes": message.data})
+            else:
+                await self.send({"type": "websocket.send", "text": message.json})
 
     def heartbeat(self) -> None:
-        if self.control is not None:  # None under another server: no pings
-            self.control.ping()
+        if self.bridge is not None:  # None under another server: no pings
+            self.bridge.ping()
 
     async def send_ending(self, closing: Closing) -> None:
         await self.send({"type": "websocket.close", "code": closing.code, "reason": closing.reason})
@@ -222,25 +250,54 @@ class WebSocketConnection(LiveConnection):
             if self.closing is not None:
                 continue  # our close frame is out: wait for the peer's
             data = _data(event)
-            if len(data) > max_bytes:
+            if too_big(data, max_bytes):  # the bridge refuses it sooner, where there is one
                 self.end(Closing(Close.TOO_BIG, f"messages are limited to {max_bytes} bytes"))
                 continue
             try:
-                await self._handle(data)
+                await self.handle(data)
             except HubError as error:
                 sub.send_frame(error.frame())
             except Exception:
-                log.exception("connection of user %s on %s failed", self.principal.user, sub.channels[0])
+                user = self.principal.user if self.principal is not None else None
+                log.exception("connection of user %s on %s failed", user,
+                              sub.channels[0] if sub.channels else "/ws/echo")
                 self.end(INTERNAL_ERROR)
 
-    async def _handle(self, data: str | bytes) -> None:
+    async def handle(self, data: str | bytes) -> None:
         frame = parse_frame(data)
         if frame.type == "ping":
             self.sub.send_frame(_PONG)
-        elif frame.type == "chat" and self.room is not None:
+        elif frame.type == "chat" and self.room is not None and self.principal is not None:
             message = await publish_chat(self.svc, self.principal, self.room, frame.text,
                                          origin=self.sub.connection_id)
             self.sub.send_frame(ack_frame(message.id, frame.ref))
         else:
             raise BadRequest(f"{frame.type!r} frames are not accepted here")
 
+
+class BinaryFrame(Message):
+    """A binary WebSocket frame of one connection's own (an echo)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("", "")
+        self.data = data
+        self._ws_frame = websocket_frame(data, binary=True)
+
+
+class EchoConnection(WebSocketConnection):
+    """/ws/echo: each frame back as it came, within the chat rate (per connection: no user)."""
+
+    __slots__ = ("_bucket",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        settings = self.svc.settings
+        self._bucket = LocalBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
+
+    async def handle(self, data: str | bytes) -> None:
+        wait_s = self._bucket.take()
+        if wait_s > 0:
+            raise RateLimited(f"slow down: next frame allowed in {wait_s:.1f} s", retry_after=wait_s)
+        self.sub.send_frame(BinaryFrame(data) if isinstance(data, bytes) else data)

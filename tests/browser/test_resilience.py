@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 
@@ -158,19 +157,19 @@ async def test_a_just_expired_token_does_not_push_the_page_onto_sse(
     await expect(alice.locator("#transport")).to_have_text("websocket")
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 THROWS = """window.WebSocket = class {
   constructor() { throw new DOMException("blocked by policy (test)", "SecurityError"); }
 };"""
 REFUSED = """(() => {
-  const Real = window.WebSocket;  // as a proxy that refuses the upgrade: closes 1006 before opening
+  // As a proxy that refuses the upgrade: closes 1006 before opening. Same origin (the page's
+  // Content-Security-Policy allows no other), on a path that answers 404 to an upgrade.
+  const Real = window.WebSocket;
   window.WebSocket = class extends Real {
-    constructor(url, protocols) { const u = new URL(url); u.port = "%d"; super(u.href, protocols); }
+    constructor(url, protocols) {
+      const u = new URL(url);
+      u.pathname = "/no-websocket-here";
+      super(u.href, protocols);
+    }
   };
 })();"""
 
@@ -184,7 +183,7 @@ async def drop_websockets(page: Any) -> None:
 
 @pytest.mark.parametrize("how", ["constructor-throws", "connection-refused", "closed-at-once"])
 async def test_a_blocked_websocket_falls_back_to_sse(demo_server: LiveServer, pages: Pages, how: str) -> None:
-    init_script = {"constructor-throws": THROWS, "connection-refused": REFUSED % closed_port()}.get(how)
+    init_script = {"constructor-throws": THROWS, "connection-refused": REFUSED}.get(how)
     setup = drop_websockets if how == "closed-at-once" else None
     alice = await pages.open(demo_server, "alice", init_script=init_script, setup=setup)
     await expect(alice.locator("#transport")).to_have_text("sse")

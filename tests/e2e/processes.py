@@ -42,9 +42,12 @@ Frame = dict[str, Any]
 class Hypercorn:
     """One `hypercorn` command line (supervisor + ``workers`` spawned workers)."""
 
-    def __init__(self, env: dict[str, str], workers: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], workers: int | None = None, *,
+                 worker_class: str = "uvloop", preexec: Callable[[], None] | None = None) -> None:
         self.env = env
         self.workers = workers
+        self.worker_class = worker_class
+        self.preexec = preexec  # run in the child before exec (resource limits)
         self.lines: list[str] = []
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
@@ -69,7 +72,7 @@ class Hypercorn:
     async def start(self) -> None:
         sock = socket.create_server(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        args = [HYPERCORN, "--bind", f"fd://{sock.fileno()}", "--worker-class", "uvloop"]
+        args = [HYPERCORN, "--bind", f"fd://{sock.fileno()}", "--worker-class", self.worker_class]
         if self.workers is not None:
             args += ["--workers", str(self.workers)]
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
@@ -78,7 +81,7 @@ class Hypercorn:
             self.process = await asyncio.create_subprocess_exec(
                 *args, "app:create_app()", cwd=ROOT, env=env, pass_fds=(sock.fileno(),),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=self.preexec)
         finally:
             sock.close()  # the server holds its own copy
         self._reader = asyncio.create_task(self._read_output())
@@ -140,8 +143,9 @@ class Hypercorn:
 
 
 @asynccontextmanager
-async def hypercorn(env: dict[str, str], workers: int | None = None) -> AsyncIterator[Hypercorn]:
-    server = Hypercorn(env, workers)
+async def hypercorn(env: dict[str, str], workers: int | None = None, *, worker_class: str = "uvloop",
+                    preexec: Callable[[], None] | None = None) -> AsyncIterator[Hypercorn]:
+    server = Hypercorn(env, workers, worker_class=worker_class, preexec=preexec)
     await server.start()
     try:
         yield server

@@ -129,12 +129,25 @@ async def test_history_stale_since_recovered_false(live_server: LiveServer, sinc
     assert page["recovered"] is False
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1.5", "", "1001", "99999999999999999999",
+@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1.5", "", "10001", "99999999999999999999",
                                    "%C2%B2", "9" * 5000])  # "²" and 5000 digits: isdigit() yes, int() no
 async def test_history_bad_limit_400(live_server: LiveServer, limit: str) -> None:
     async with live_server.http() as client:
         reply = await client.get(f"{MESSAGES}?limit={limit}", headers=bearer(live_server.token("a")))
     assert (reply.status_code, reply.json()["error"]) == (400, "bad_request")
+
+
+@pytest.mark.parametrize("query", ["", "?limit=50", "?limit=200"])  # the default, the demo, React
+async def test_history_limit_over_history_size_clamped_not_400(server_factory, query: str) -> None:
+    # With HISTORY_SIZE under 100, a plain GET (default limit 100) used to be a 400.
+    server = await server_factory({"HISTORY_SIZE": "20"})
+    for n in range(25):
+        await server.hub.publish("room:lobby", {"type": "chat", "text": f"m{n}"}, sender="a")
+    async with server.http() as client:
+        reply = await client.get(f"{MESSAGES}{query}", headers=bearer(server.token("a")))
+    assert reply.status_code == 200
+    texts = [m["text"] for m in reply.json()["messages"]]
+    assert texts == [f"m{n}" for n in range(5, 25)]
 
 
 async def presence(server: LiveServer, room: str = "lobby") -> dict[str, Any]:

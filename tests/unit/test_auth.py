@@ -403,7 +403,7 @@ async def test_authenticate_header_token_ticket_none(hs_auth: Authenticator) -> 
     token = hs256(claims(sub="bob"))
 
     async def user(headers: dict[str, str], args: dict[str, str]) -> str | None:
-        principal = await authenticate(hs_auth, backend, headers, args)
+        principal = await authenticate(hs_auth, backend, headers, args, tickets=True)
         return None if principal is None else principal.user
 
     async with asyncio.timeout(TIMEOUT_S):
@@ -411,6 +411,18 @@ async def test_authenticate_header_token_ticket_none(hs_auth: Authenticator) -> 
         assert await user({}, {"token": token}) == "bob"
         ticket = await issue_ticket(backend, Principal("carol"))
         assert await user({}, {"ticket": ticket}) == "carol"
-        assert await authenticate(hs_auth, backend, {}, {}) is None
+        assert await authenticate(hs_auth, backend, {}, {}, tickets=True) is None
         with pytest.raises(Unauthorized):
-            await authenticate(hs_auth, backend, {}, {"token": "garbage"})
+            await authenticate(hs_auth, backend, {}, {"token": "garbage"}, tickets=True)
+
+
+async def test_authenticate_ticket_outside_live_endpoints_refused_and_kept(
+        hs_auth: Authenticator) -> None:
+    # A ticket opens one WebSocket or SSE stream and nothing else (not a POST, not a new ticket).
+    backend = MemoryBackend()
+    async with asyncio.timeout(TIMEOUT_S):
+        ticket = await issue_ticket(backend, Principal("carol"))
+        with pytest.raises(Unauthorized, match="ticket"):
+            await authenticate(hs_auth, backend, {}, {"ticket": ticket}, tickets=False)
+        principal = await authenticate(hs_auth, backend, {}, {"ticket": ticket}, tickets=True)
+    assert principal is not None and principal.user == "carol"

@@ -1,12 +1,16 @@
-"""DirectWriter and WriteBatcher: a turn's frames leave in one write, in order, within the high-water mark."""
+"""The socket writer's invariants: a turn's frames leave in one write, in order, within the
+high-water mark; nothing after close; no empty chunk; frames byte for byte as wsproto's."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
+
 from app.hub.message import Message
-from app.transports.connection_control import DirectWriter, WriteBatcher
+from app.hub.wire import http_chunk, websocket_frame
+from app.transports.socket_writer import DirectWriter, WriteBatcher
 
 HIGH_WATER = 100
 
@@ -108,3 +112,46 @@ async def test_direct_writer_closed_transport_takes_and_drops() -> None:
     assert writer.try_write(message("a"))  # taken: the handler is ending anyway
     await next_turn()
     assert transport.writes == []
+
+
+async def test_direct_writer_after_close_writes_nothing_more() -> None:
+    # After an SSE response ends, the server may reuse the keep-alive connection for the
+    # next request: a late write would land in the middle of that response.
+    batcher = WriteBatcher()
+    writer, transport = direct(batcher)
+    assert writer.try_write(message("a"))
+    writer.close()  # what the turn took still goes out, first
+    assert writer.try_write(message("b"))  # taken and dropped
+    writer.write_bytes(b"c")
+    writer.write_if_room(b"d")
+    await writer.write([message("e")])
+    await next_turn()
+    assert transport.writes == [b"a"]
+
+
+async def test_direct_writer_empty_data_never_written() -> None:
+    batcher = WriteBatcher()
+    writer, transport = direct(batcher)
+    writer.write_bytes(b"")
+    writer.write_if_room(b"")
+    await writer.write([])
+    assert transport.writes == []
+
+
+def test_http_chunk_empty_refused_it_would_end_the_body() -> None:
+    with pytest.raises(ValueError):
+        http_chunk(b"")
+    assert http_chunk(b"hi") == b"2\r\nhi\r\n"
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("binary", [False, True])
+def test_websocket_frame_same_bytes_as_wsproto(length: int, binary: bool) -> None:
+    # The fan-out writes its own frames; they must be exactly what wsproto would send.
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage, TextMessage
+
+    payload = b"x" * length
+    server = Connection(ConnectionType.SERVER)
+    event = BytesMessage(data=payload) if binary else TextMessage(data=payload.decode())
+    assert websocket_frame(payload, binary=binary) == server.send(event)

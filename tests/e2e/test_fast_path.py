@@ -1,0 +1,58 @@
+"""The fast path's contract with Hypercorn: on HTTP/1.1 every live WebSocket and SSE
+connection writes straight to its socket. It rests on private names of Hypercorn
+(app/transports/hypercorn_bridge.py), so this fails the day a release moves one, rather
+than letting the fast path switch itself off in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from app.transports import hypercorn_bridge
+from tests.conftest import LiveServer, run_server
+from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
+
+
+def test_fast_path_available_with_the_pinned_hypercorn() -> None:
+    fast, why = hypercorn_bridge.status()
+    assert fast, why
+
+
+async def test_every_live_connection_on_http11_writes_directly(live_server: LiveServer) -> None:
+    token = live_server.token("alice")
+    async with live_server.http() as client, \
+            ws_connect(f"{live_server.ws_url}/ws/chat?room=lobby&token={token}") as chat, \
+            ws_connect(f"{live_server.ws_url}/ws/notifications?token={token}") as inbox, \
+            ws_connect(f"{live_server.ws_url}/ws/echo") as echo, \
+            sse_connect(client, f"/sse/chat?room=lobby&token={token}") as sse:
+        assert (await recv_json(chat))["type"] == (await recv_json(inbox))["type"] == "welcome"
+        assert (await sse.next_json())["type"] == "welcome"
+        await echo.send("x")
+        async with asyncio.timeout(5):
+            assert await echo.recv() == "x"
+        subscriptions = live_server.hub._subscriptions
+        assert len(subscriptions) == 4
+        # write_now is the direct writer's: set only when the bridge reached the socket
+        assert all(sub.write_now is not None for sub in subscriptions)
+
+
+async def test_outside_the_tested_range_starts_with_a_warning_and_the_plain_path(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
+    hypercorn_bridge.status.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="app"):
+            async with run_server() as server:
+                token = server.token("alice")
+                async with ws_connect(f"{server.ws_url}/ws/chat?room=lobby&token={token}") as ws:
+                    assert (await recv_json(ws))["type"] == "welcome"
+                    await server.hub.publish("room:lobby", {"type": "chat", "text": "hi"}, sender="b")
+                    assert (await recv_until(ws, "chat"))["text"] == "hi"  # through plain ASGI
+                    assert all(sub.write_now is None for sub in server.hub._subscriptions)
+    finally:
+        hypercorn_bridge.status.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("fast path off" in w and "outside the tested range" in w for w in warnings), warnings
