@@ -21,8 +21,8 @@ run: setup
 	$(BIN)/hypercorn --bind $(HOST):$(PORT) --worker-class uvloop 'app:create_app()'
 
 test: setup
-	$(BIN)/ruff check app tests $(wildcard bench)
-	$(BIN)/mypy app
+	$(BIN)/ruff check hubbub app tests $(wildcard bench) $(wildcard examples)
+	$(BIN)/mypy hubbub app
 	$(BIN)/pytest
 	@if [ -d tests/js ]; then node --test tests/js/; fi
 
@@ -31,8 +31,8 @@ test-fast: setup
 	$(BIN)/pytest tests/unit tests/backends -q
 
 lint: setup
-	$(BIN)/ruff check app tests $(wildcard bench)
-	$(BIN)/mypy app
+	$(BIN)/ruff check hubbub app tests $(wildcard bench) $(wildcard examples)
+	$(BIN)/mypy hubbub app
 
 # Benchmarks need matplotlib for the latency plot: the "bench" extra.
 bench: setup

@@ -1,16 +1,19 @@
-"""Command line: ``python -m app token USER [--scope notify] [--ttl S] [--room PATTERN ...]``."""
+"""Command line: ``python -m app --version``, ``python -m app token USER [--scope notify] [--ttl S]
+[--room PATTERN ...]``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from app.auth import Authenticator
-from app.config import Settings
+from hubbub import __version__
+from hubbub.auth import Authenticator
+from hubbub.config import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="hubbub tools")
+    parser.add_argument("--version", action="version", version=f"hubbub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="print a signed token (needs JWT_SECRET)")
     token.add_argument("user")

@@ -61,7 +61,7 @@ function demoLogin(body) {
 
   async function fetchToken() {
     log.tokenFetches += 1;
-    const reply = await fetch("/auth/demo-token", {
+    const reply = await fetch(`${HUB_PATH}/auth/demo-token`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
@@ -105,6 +105,11 @@ function jwtExpiry(token) {
 // Start: sign-in form, or join what the URL says
 // ---------------------------------------------------------------------------
 
+// The hub's path prefix: "" at the root, "/rt" when a host app mounts hubbub at /rt (the
+// page is then served at /rt/ and every URL it uses is below it).
+const HUB_PATH = new URL(".", location.href).pathname.replace(/\/+$/, "");
+const HUB_URL = location.origin + HUB_PATH;
+
 const params = new URLSearchParams(location.search);
 const user = params.get("user") ?? "";
 const roomName = params.get("room") || decodeURIComponent(location.hash.slice(1)) || "lobby";
@@ -141,8 +146,8 @@ function start(me, room, transport) {
   $("room-name").textContent = `#${room}`;
 
   const getToken = demoLogin({ user: me });
-  const chat = new Hubbub({ channel: { room }, getToken, transport });
-  const inbox = new Hubbub({ channel: { notifications: true }, getToken, transport });
+  const chat = new Hubbub({ channel: { room }, getToken, transport, baseUrl: HUB_URL });
+  const inbox = new Hubbub({ channel: { notifications: true }, getToken, transport, baseUrl: HUB_URL });
   demo.room = chat;
   demo.inbox = inbox;
 
@@ -257,7 +262,7 @@ function wireChat(chat, me, room, getToken) {
     presenceTimer = setTimeout(async () => {
       const seq = ++presenceSeq;
       try {
-        const reply = await fetch(`/api/rooms/${encodeURIComponent(room)}/presence`, {
+        const reply = await fetch(`${HUB_PATH}/api/rooms/${encodeURIComponent(room)}/presence`, {
           headers: { Authorization: `Bearer ${await getToken()}` },
         });
         if (!reply.ok) return;
@@ -392,7 +397,7 @@ function notificationText(data) {
 /** The curl commands, with a token of scope notify from the demo login. @param {string} me */
 async function showCurl(me) {
   const getNotifyToken = demoLogin({ user: "ops", scope: "notify" });
-  const base = location.origin;
+  const base = HUB_URL;
   /** @param {object} body */
   const command = (token, body) => `curl -X POST ${base}/api/notifications -H 'Authorization: Bearer ${token}' `
     + `-H 'Content-Type: application/json' -d '${JSON.stringify(body)}'`;

@@ -22,8 +22,9 @@
 /**
  * @typedef {object} HubbubOptions
  * @property {Channel} channel  what to subscribe to; one client = one subscription = one cursor
- * @property {() => string | Promise<string>} getToken  called before every (re)connect and POST;
- *   must return a currently valid token (fetch a fresh one when the old one expired)
+ * @property {() => string | Promise<string>} [getToken]  called before every (re)connect and POST;
+ *   must return a currently valid token (fetch a fresh one when the old one expired). Omit it
+ *   when the host app signs users in with its own session cookie (hubbub's `authenticate` hook)
  * @property {string} [baseUrl]  the hub's origin (and path prefix, if any); default location.origin
  * @property {"auto" | Transport} [transport]  default "auto": WebSocket, SSE when it is blocked
  * @property {string | null} [since]  resume from this id (e.g. one kept in sessionStorage)
@@ -74,9 +75,12 @@ export const ERROR_CODES = Object.freeze({
   unauthorized: 401,
   forbidden: 403,
   not_found: 404,
+  method_not_allowed: 405,
   too_large: 413,
   unsupported_media_type: 415,
+  refused: 422,
   rate_limited: 429,
+  internal_error: 500,
   unavailable: 503,
 });
 
@@ -303,9 +307,9 @@ export class Hubbub extends EventTarget {
   /** @param {HubbubOptions} options */
   constructor(options) {
     super();
-    const { channel, getToken, transport = "auto" } = options ?? {};
-    if (typeof getToken !== "function") {
-      throw new TypeError("Hubbub: getToken must be a function returning a token");
+    const { channel, getToken = null, transport = "auto" } = options ?? {};
+    if (getToken !== null && typeof getToken !== "function") {
+      throw new TypeError("Hubbub: getToken must be a function returning a token (or be left out)");
     }
     if (!TRANSPORTS.includes(transport)) throw new TypeError(`Hubbub: transport must be one of ${TRANSPORTS.join(", ")}`);
     this.#room = roomOf(channel);
@@ -613,7 +617,9 @@ export class Hubbub extends EventTarget {
 
   // --- HTTP --------------------------------------------------------------
 
+  /** The token to send; null when the page's cookies sign in (no getToken). */
   async #token() {
+    if (this.#o.getToken === null) return null;
     let token;
     try {
       token = await this.#o.getToken();
@@ -638,12 +644,12 @@ export class Hubbub extends EventTarget {
   }
 
   /**
-   * @param {string} method @param {string} path @param {string} token @param {unknown} [body]
+   * @param {string} method @param {string} path @param {string | null} token @param {unknown} [body]
    * @returns {Promise<Response>}
    */
   async #request(method, path, token, body) {
     /** @type {Record<string, string>} */
-    const headers = { Authorization: `Bearer ${token}` };
+    const headers = token === null ? {} : { Authorization: `Bearer ${token}` };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let reply;
     try {

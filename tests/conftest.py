@@ -18,8 +18,8 @@ from hypercorn.config import Config
 from quart import Quart
 
 from app import create_app
-from app.config import Settings
-from app.hub.hub import Hub
+from hubbub.config import Settings
+from hubbub.hub.hub import Hub
 
 if TYPE_CHECKING:
     from tests.backends.conftest import RedisServer
@@ -82,7 +82,7 @@ async def serve_app(app: Quart, settings: Settings, sock: socket.socket) -> Asyn
     config.errorlog = None
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
-    server = LiveServer(port=port, hub=app.extensions["hubbub"].hub, settings=settings)
+    server = LiveServer(port=port, hub=app.extensions["hubbub"]["hubbub"].hub, settings=settings)
     async with server.http() as client, asyncio.timeout(10):
         while True:
             try:

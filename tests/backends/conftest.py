@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from app.hub.backends.base import Backend
-from app.hub.backends.memory import MemoryBackend
-from app.hub.backends.redis import RedisBackend
-from app.hub.message import Message
+from hubbub.hub.backends.base import Backend
+from hubbub.hub.backends.memory import MemoryBackend
+from hubbub.hub.backends.redis import RedisBackend
+from hubbub.hub.message import Message
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

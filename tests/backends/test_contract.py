@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio import ConnectionError as RedisConnectionError
 
-import app.hub.backends.redis as redis_backend
-from app.hub.backends.base import Backend, BackendUnavailable
-from app.hub.backends.redis import RedisBackend
-from app.hub.message import Cursor, History, Message, dumps
+import hubbub.hub.backends.redis as redis_backend
+from hubbub.hub.backends.base import Backend, BackendUnavailable
+from hubbub.hub.backends.redis import RedisBackend
+from hubbub.hub.message import Cursor, History, Message, dumps
 from tests.backends.conftest import REDIS_URL, Inbox, MakeBackend, RedisServer, poll
 
 MakeRedis = Callable[..., RedisBackend]

@@ -9,8 +9,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from app.hub.backends.memory import SWEEP_BATCH, MemoryBackend
-from app.hub.message import Cursor
+from hubbub.hub.backends.memory import SWEEP_BATCH, MemoryBackend
+from hubbub.hub.message import Cursor
 from tests.backends.conftest import Inbox, poll
 from tests.backends.test_contract import body
 

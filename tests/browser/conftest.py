@@ -22,7 +22,7 @@ import playwright.async_api as playwright_api
 import pytest
 
 from app import create_app
-from app.config import Settings
+from hubbub.config import Settings
 from tests.conftest import SECRET, LiveServer, ServerFactory, make_token, serve_app
 
 CHROMIUM = os.environ.get("HUBBUB_CHROMIUM", "/usr/bin/chromium")
@@ -156,9 +156,7 @@ class Restartable:
 
     def drain(self) -> None:
         """What SIGTERM does first: refuse new connections, close WebSockets 1012, end SSE."""
-        svc = self.app.extensions["hubbub"]
-        svc.draining = True
-        svc.hub.close_subscriptions()
+        self.app.extensions["hubbub.instance"].drain()
 
 
 @asynccontextmanager

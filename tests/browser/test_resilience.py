@@ -216,7 +216,7 @@ async def test_a_draining_server_does_not_push_the_page_onto_sse(pages: Pages) -
         # up on WebSocket: the next two attempts land here too, well within 8 s.
         with pytest.raises(PlaywrightTimeout):
             await alice.wait_for_function("() => window.demo.room.transport === 'sse'", timeout=8_000)
-        server.app.extensions["hubbub"].draining = False  # the successor takes over
+        server.app.extensions["hubbub"]["hubbub"].draining = False  # the successor takes over
         await alice.evaluate("() => dispatchEvent(new Event('online'))")  # skip the rest of the backoff
         await expect(alice.locator("#state")).to_have_text("open", timeout=RECONNECT_MS)
         await expect(alice.locator("#transport")).to_have_text("websocket")

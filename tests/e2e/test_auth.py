@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 
-import app.auth
+import hubbub.auth
 from tests.conftest import SECRET, LiveServer, make_token
 from tests.e2e.clients import (
     bearer,
@@ -244,7 +244,7 @@ async def test_ticket_unknown_rejected_401(live_server: LiveServer) -> None:
 
 
 async def test_ticket_expired_rejected_401(live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app.auth, "TICKET_TTL_S", -1)  # issued already past its lifetime
+    monkeypatch.setattr(hubbub.auth, "TICKET_TTL_S", -1)  # issued already past its lifetime
     ticket = await _ticket(live_server, live_server.token("alice"))
     async with live_server.http() as client:
         reply = await client.get(f"/sse/notifications?ticket={ticket}")

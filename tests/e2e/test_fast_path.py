@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from app.transports import hypercorn_bridge
+from hubbub.transports import hypercorn_bridge
 from tests.conftest import LiveServer, run_server
 from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
 
@@ -44,7 +44,7 @@ async def test_outside_the_tested_range_starts_with_a_warning_and_the_plain_path
     monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
     hypercorn_bridge.status.cache_clear()
     try:
-        with caplog.at_level(logging.INFO, logger="app"):
+        with caplog.at_level(logging.INFO, logger="hubbub"):
             async with run_server() as server:
                 token = server.token("alice")
                 async with ws_connect(f"{server.ws_url}/ws/chat?room=lobby&token={token}") as ws:

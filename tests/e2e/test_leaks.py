@@ -22,9 +22,9 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from websockets.exceptions import InvalidStatus
 
-import app.transports.site as site
+import hubbub.transports.site as site
 from app import create_app
-from app.config import Settings
+from hubbub.config import Settings
 from tests.conftest import SECRET, LiveServer, ServerFactory, make_token
 from tests.e2e.clients import (
     TIMEOUT_S,
@@ -103,7 +103,8 @@ async def logged_server(env: dict[str, str] | None = None) -> AsyncIterator[tupl
             # The socket listens already: requests would wait in its backlog until the app is ready.
             await log.until(lambda: task.done() or "hubbub ready" in log.text)
             assert not task.done(), "the server did not start"
-            yield LiveServer(port=port, hub=application.extensions["hubbub"].hub, settings=settings), log
+            hub = application.extensions["hubbub"]["hubbub"].hub
+            yield LiveServer(port=port, hub=hub, settings=settings), log
         finally:
             stop.set()
             async with asyncio.timeout(15):

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-import app.transports.websocket as websocket_transport
+import hubbub.transports.websocket as websocket_transport
 from tests.conftest import LiveServer
 from tests.e2e.clients import recv_json, ws_connect
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.hub.message import Cursor
+from hubbub.hub.message import Cursor
 from tests.conftest import LiveServer
 from tests.e2e.clients import bearer, recv_json, recv_until, sse_connect, ws_connect
 

@@ -549,8 +549,19 @@ describe("Hubbub client", () => {
     const getToken = async () => "t";
     assert.throws(() => new Hubbub({ baseUrl: "http://x", getToken, channel: { room: "no spaces" } }), TypeError);
     assert.throws(() => new Hubbub({ baseUrl: "http://x", getToken, channel: /** @type {any} */ ({}) }), TypeError);
-    assert.throws(() => new Hubbub(/** @type {any} */ ({ baseUrl: "http://x", channel: { room: "a" } })), TypeError);
+    assert.throws(() => new Hubbub(/** @type {any} */ ({ baseUrl: "http://x", getToken: "t", channel: { room: "a" } })),
+      TypeError);
     assert.throws(() => new Hubbub({ getToken, channel: { room: "a" } }), /baseUrl/, "no location in Node");
+  });
+
+  test("test_client_without_get_token_signs_in_by_cookie_no_authorization_header", async () => {
+    // The host app's own login (a session cookie, read by hubbub's authenticate hook):
+    // the client sends no Authorization header, and the browser sends the cookie.
+    const { client, http } = makeClient({ getToken: undefined });
+    client.connect();
+    await until(() => http.calls.length > 0, "the ticket request");
+    assert.equal(http.calls[0].pathname, "/auth/ticket");
+    assert.equal(http.calls[0].auth, undefined);
   });
 
   test("test_client_close_stops_and_rejects_queued", async () => {

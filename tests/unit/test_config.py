@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.config import Settings
+from hubbub.config import Settings
 
 SECRET = "config-test-secret-that-is-long-enough-for-hs256"
 
@@ -95,7 +95,7 @@ def test_settings_empty_env_defaults() -> None:
     assert settings.max_message_bytes == 64 * 1024
     assert settings.max_connections_per_user == 20
     assert settings.outbox_size == 1000
-    assert settings.demo_login is False and settings.demo_login_enabled is False
+    assert settings.demo_login is None and settings.demo_login_enabled is False
     assert settings.log_level == "INFO"
     assert settings.ephemeral_secret is False
 
@@ -150,3 +150,24 @@ def test_settings_public_key_not_ephemeral_asymmetric_defaults(public_pem: str) 
     assert settings.jwt_secret == ""
     assert settings.jwt_algorithms == ("RS256", "ES256")
     assert settings.demo_login_enabled is False
+
+
+def test_settings_demo_login_0_off_even_with_the_ephemeral_secret() -> None:
+    settings = Settings.from_env({"DEMO_LOGIN": "0"})
+    assert settings.ephemeral_secret is True
+    assert settings.demo_login_enabled is False
+
+
+def test_settings_made_in_code_checked_like_the_environment() -> None:
+    # An app embedding hubbub builds Settings itself: the same rules, the same messages.
+    assert Settings(jwt_secret=SECRET).jwt_algorithms == ("HS256",)
+    made = Settings()
+    assert made.ephemeral_secret is True and len(made.jwt_secret) >= 32
+    with pytest.raises(ValueError, match="JWT_SECRET"):
+        Settings(jwt_secret="short")
+    with pytest.raises(ValueError, match="REDIS_URL"):
+        Settings(jwt_secret=SECRET, redis_url="localhost:6379")
+    with pytest.raises(ValueError, match="OUTBOX_SIZE"):
+        Settings(jwt_secret=SECRET, outbox_size=0)
+    with pytest.raises(ValueError, match="HISTORY_TTL"):
+        Settings(jwt_secret=SECRET, history_ttl_s=float("nan"))

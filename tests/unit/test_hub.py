@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from app.hub import hub as hub_module
-from app.hub.backends.base import BackendUnavailable
-from app.hub.backends.memory import MemoryBackend
-from app.hub.hub import BROADCAST, Hub, notification_channels, room_channel, user_channel
-from app.hub.message import Cursor, History, Message, presence_frame
-from app.hub.subscription import SlowConsumer, Subscription
+from hubbub.hub import hub as hub_module
+from hubbub.hub.backends.base import BackendUnavailable
+from hubbub.hub.backends.memory import MemoryBackend
+from hubbub.hub.hub import BROADCAST, Hub, notification_channels, room_channel, user_channel
+from hubbub.hub.message import Cursor, History, Message, presence_frame
+from hubbub.hub.subscription import SlowConsumer, Subscription
 
 TIMEOUT_S = 2.0
 LOBBY = room_channel("lobby")

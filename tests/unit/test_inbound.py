@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.errors import BadRequest, UnsupportedMediaType
-from app.hub.message import dumps
-from app.transports.inbound import (
+from hubbub.errors import BadRequest, UnsupportedMediaType
+from hubbub.hub.message import dumps
+from hubbub.transports.inbound import (
     MAX_REF_LENGTH,
     ClientFrame,
     chat_text_from_body,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.hub.message import (
+from hubbub.hub.message import (
     STAMPED_FIELDS,
     Cursor,
     Frames,
@@ -20,7 +20,7 @@ from app.hub.message import (
     timestamp_now,
     with_id,
 )
-from app.hub.wire import http_chunk
+from hubbub.hub.wire import http_chunk
 
 RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import Settings
-from app.errors import Forbidden
-from app.transports.common import check_origin, cors_headers, origin_allowed
+from hubbub.config import Settings
+from hubbub.errors import Forbidden
+from hubbub.transports.common import check_origin, cors_headers, origin_allowed
 
 HOST = "hub.example:8000"
 

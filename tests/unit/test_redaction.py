@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.observability import RedactingFilter, redact
+from hubbub.observability import RedactingFilter, redact
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 TICKET = "Zm9vYmFyYmF6cXV4cXV1eA"

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from app.hub.message import Message
-from app.hub.wire import http_chunk, websocket_frame
-from app.transports.socket_writer import DirectWriter, WriteBatcher
+from hubbub.hub.message import Message
+from hubbub.hub.wire import http_chunk, websocket_frame
+from hubbub.transports.socket_writer import DirectWriter, WriteBatcher
 
 HIGH_WATER = 100
 

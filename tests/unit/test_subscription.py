@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from app.hub.message import History, Message
-from app.hub.subscription import SlowConsumer, Subscription
+from hubbub.hub.message import History, Message
+from hubbub.hub.subscription import SlowConsumer, Subscription
 
 TIMEOUT_S = 2.0
 

@@ -1,0 +1,1 @@
+"""The hub: messages, subscriptions, and the backends that carry them."""

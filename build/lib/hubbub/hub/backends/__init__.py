@@ -1,0 +1,1 @@
+"""Where messages are carried and kept: memory (one process) or redis (many)."""

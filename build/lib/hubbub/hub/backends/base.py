@@ -1,0 +1,93 @@
+"""The backend boundary: what carries messages between processes and keeps shared state.
+
+Knows nothing about sockets or transports. ``memory`` is its executable spec;
+``redis`` makes many processes act as one. Both pass tests/backends/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from hubbub.hub.message import Cursor, History, Message
+
+Deliver = Callable[[Message], None]
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be reached; nothing was published (HTTP 503, close 1013)."""
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self, deliver: Deliver) -> None:
+        """Begins handing every message of a subscribed channel to ``deliver``, in id order."""
+
+    async def close(self) -> None:
+        """Stops delivering and releases connections. Idempotent."""
+
+    async def subscribe(self, channel: str) -> None:
+        """This process wants ``channel``. On return, every later publish is delivered."""
+
+    async def unsubscribe(self, channel: str) -> None:
+        """This process no longer wants ``channel``."""
+
+    async def publish(self, channel: str, body_json: str, origin: str | None = None) -> Message:
+        """Assigns the id, appends to history, delivers to every process (this one too).
+
+        ``origin`` (the publishing connection, or None) travels with the live delivery
+        as ``Message.origin`` so that connection can be skipped.
+
+        Either the message is retained and delivered, or BackendUnavailable is raised
+        and it went nowhere.
+        """
+
+    async def publish_live(self, channel: str, body_json: str) -> None:
+        """Delivers to every process without an id and without history (join, leave). At most once."""
+
+    async def history(
+        self, channels: Sequence[str], after: Cursor | None, limit: int
+    ) -> History:
+        """Retained messages of ``channels`` merged in id order, oldest first.
+
+        Retention (Centrifugo's ``history_ttl``): the newest ``history_size`` messages of a
+        channel are kept while it is active; once nothing was published to it for
+        ``history_ttl_s``, its whole history is dropped.
+
+        With ``after``: the first ``limit`` after it; ``recovered`` is False when the
+        cursor is from another epoch or messages after it are no longer retained (trimmed
+        or expired), True when nothing after it was lost, even from a dropped history.
+        Without: the latest ``limit``, ``recovered`` True.
+        """
+
+    async def presence_add(self, channel: str, user: str, connection: str) -> bool:
+        """Records a live connection; True when it is the user's first in ``channel``."""
+
+    async def presence_remove(self, channel: str, user: str, connection: str) -> bool:
+        """Forgets a connection; True when it was the user's last in ``channel``."""
+
+    async def presence(self, channel: str) -> dict[str, int]:
+        """Live connections per user in ``channel``, across every process."""
+
+    async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+        """Takes one token from ``key``'s bucket: 0.0 if taken, else seconds until one is free.
+
+        Idempotent per call: a retry after a lost reply does not take a second token."""
+
+    async def connection_add(self, user: str, connection: str, limit: int) -> bool:
+        """Counts a live connection of ``user`` across every process, atomically; False (and
+        nothing counted) when ``user`` already has ``limit``. A crashed process's entries
+        expire on their own (Redis: within the presence TTL)."""
+
+    async def connection_remove(self, user: str, connection: str) -> None:
+        """Forgets a connection counted by ``connection_add``. Idempotent."""
+
+    async def store_ticket(self, ticket: str, payload: str, ttl_s: float) -> None:
+        """Keeps ``payload`` under ``ticket`` for ``ttl_s`` seconds."""
+
+    async def redeem_ticket(self, ticket: str) -> str | None:
+        """Returns and deletes the payload: a ticket is redeemed once, on any process."""
+
+    async def ping(self) -> bool:
+        """True when the backend is reachable."""

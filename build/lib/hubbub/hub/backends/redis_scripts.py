@@ -1,0 +1,150 @@
+"""The Lua scripts of the Redis backend: each runs atomically on the Redis server.
+
+Every script that changes state and may be re-sent by redis-py's retry after a lost
+reply takes a once-key, so a retry returns the first run's result.
+"""
+
+# Assigns the id (epoch created once in KEYS[1], one global seq), appends, trims, publishes.
+# Wire: 'm' json ['\n' origin] (compact JSON has no raw newline); live frames: 'l' json.
+# KEYS[4] makes it idempotent: a retry after a lost reply returns the first run's id.
+PUBLISH_LUA = r"""
+local done = redis.call('GET', KEYS[4])
+if done then
+  local e, s = string.match(done, '^(.*)-(%d+)$')
+  return {e, tonumber(s)}
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+if redis.call('HGET', KEYS[3], 'epoch') ~= epoch then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[3], 'epoch', epoch)
+end
+local json = '{"id":"' .. epoch .. '-' .. seq .. '",' .. string.sub(ARGV[2], 2)
+local size = tonumber(ARGV[3])
+local n = redis.call('XLEN', KEYS[2])
+if n == 0 then  -- the stream expired (quiet for HISTORY_TTL): everything up to 'last' is lost
+  local last = redis.call('HGET', KEYS[3], 'last')
+  if last then redis.call('HSET', KEYS[3], 'dropped', last) end
+elseif n >= size then
+  local gone = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', n - size + 1)
+  redis.call('HSET', KEYS[3], 'dropped', string.match(gone[#gone][1], '^%d+'))
+end
+local fields, wire = {'m', json}, 'm' .. json
+if ARGV[7] then
+  fields[3], fields[4], wire = 'o', ARGV[7], wire .. '\n' .. ARGV[7]
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', size, seq .. '-0', unpack(fields))
+redis.call('HSET', KEYS[3], 'last', seq)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+redis.call('PUBLISH', ARGV[6], wire)
+redis.call('SET', KEYS[4], epoch .. '-' .. seq, 'PX', 60000)
+return {epoch, seq}
+"""
+
+# Presence of one channel: KEYS[1] zset "len:user..connection" -> deadline, KEYS[2] user -> count.
+# Returns {result, users whose last connection expired}; KEYS[3] (if given) makes add/remove
+# idempotent, so a retry after a lost reply still reports the first run's first/last.
+PRESENCE_LUA = """
+if KEYS[3] then
+  local done = redis.call('GET', KEYS[3])
+  if done then return {tonumber(done), {}} end
+end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local function user_of(m)
+  local colon = string.find(m, ':', 1, true)
+  return string.sub(m, colon + 1, colon + tonumber(string.sub(m, 1, colon - 1)))
+end
+local function leave(user)
+  if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], user)
+    return 1
+  end
+  return 0
+end
+local gone = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, m in ipairs(expired) do
+  local u = user_of(m)
+  if leave(u) == 1 then gone[#gone + 1] = u end
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
+local op, ttl = ARGV[1], tonumber(ARGV[#ARGV])
+local result = 0
+if op == 'add' then  -- op, then user, connection pairs (many when renewing), then the TTL
+  for i = 2, #ARGV - 1, 2 do
+    local user = ARGV[i]
+    if redis.call('ZADD', KEYS[1], now + ttl, #user .. ':' .. user .. ARGV[i + 1]) == 1 then
+      if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then result = 1 end
+    end
+  end
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+elseif op == 'remove' then
+  local user = ARGV[2]
+  if redis.call('ZREM', KEYS[1], #user .. ':' .. user .. ARGV[3]) == 1 then result = leave(user) end
+else
+  return {redis.call('HGETALL', KEYS[2]), gone}
+end
+if KEYS[3] then redis.call('SET', KEYS[3], result, 'PX', 60000) end
+return {result, gone}
+"""
+
+# Token bucket {tokens, ts} on the server's clock; returns the wait as a string (Lua ints truncate).
+# KEYS[2] makes it idempotent: a retry after a lost reply returns the first run's wait.
+TAKE_TOKEN_LUA = """
+local done = redis.call('GET', KEYS[2])
+if done then return done end
+local t = redis.call('TIME')
+local now = t[1] + t[2] / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+tokens = math.min(burst, tokens + math.max(0, now - (tonumber(b[2]) or now)) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+redis.call('SET', KEYS[2], tostring(wait), 'PX', 60000)
+return tostring(wait)
+"""
+
+# Live connections of a user: KEYS[1] zset connection -> deadline (ms on Redis' clock).
+# add: ARGV op, ttl, limit, connection; KEYS[2] once-key. 1 if counted (or already), else 0.
+# remove: ARGV op, ttl, connection (idempotent by nature: ZREM of a missing member does nothing).
+# renew: KEYS one per user; ARGV op, ttl, then (key index, connection) pairs. XX: a connection
+# removed while its renewal was on the way is not brought back to hold a slot for a TTL; one
+# whose entry expired (Redis out of reach for a TTL) goes uncounted until it reconnects: the
+# limit errs towards letting a user in, never towards refusing one for a ghost.
+CONNECTIONS_LUA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local op, ttl = ARGV[1], tonumber(ARGV[2])
+if op == 'renew' then
+  for i = 3, #ARGV, 2 do
+    redis.call('ZADD', KEYS[tonumber(ARGV[i])], 'XX', now + ttl, ARGV[i + 1])
+  end
+  for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
+  return 0
+end
+if op == 'remove' then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  return 0
+end
+local done = redis.call('GET', KEYS[2])
+if done then return tonumber(done) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local result = 0
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  result = 1
+end
+redis.call('SET', KEYS[2], result, 'PX', 60000)
+return result
+"""

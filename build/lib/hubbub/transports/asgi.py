@@ -1,0 +1,173 @@
+"""The live endpoints served straight on ASGI; everything else goes to Quart.
+
+WebSocket and SSE subscribers stay connected for hours and are many. Quart gives
+each of them two tasks, a queue and a request context for its whole life: about
+14 KB per connection and a third of the connect time (docs/performance.md). The
+handlers that hold connections open are small, so they run on ASGI directly, in
+the one task the server gives each request. Short requests (POST, history,
+presence, the demo site, /healthz, /metrics) stay in Quart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from werkzeug.http import parse_cookie
+
+from hubbub.errors import BadRequest, HubError, MethodNotAllowed
+from hubbub.transports.common import Services, cors_headers
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Services, "Request", Receive, Send], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Request:
+    """What a live handler reads off the scope. Nothing is parsed ahead or kept: the request
+    object lives as long as the connection, and a handler reads a few values once."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    @property
+    def headers(self) -> Headers:
+        return Headers(self.scope["headers"])
+
+    @property
+    def args(self) -> dict[str, str]:
+        """Query arguments; the first value of a repeated one wins."""
+        args: dict[str, str] = {}
+        query = self.scope["query_string"].decode("latin-1")
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            args.setdefault(key, value)
+        return args
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The request's cookies (the first of a repeated name wins)."""
+        return parse_cookie(self.headers.get("Cookie") or "").to_dict()
+
+    @property
+    def host(self) -> str:
+        return self.headers.get("Host") or ""
+
+    @property
+    def path(self) -> str:
+        return str(self.scope["path"])
+
+
+class Headers:
+    """Case-insensitive ``get`` (first value wins) over an ASGI header list."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        wanted = name.lower().encode("latin-1")
+        for key, value in self._raw:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return default
+
+
+def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+async def send_response(send: Send, status: int, body: bytes, headers: Mapping[str, str], *,
+                        websocket: bool = False) -> None:
+    """A whole HTTP response; ``websocket``: as the answer to an upgrade (a rejection)."""
+    prefix = "websocket." if websocket else ""
+    head = {"Content-Length": str(len(body)), "X-Content-Type-Options": "nosniff", **headers}
+    await send({"type": f"{prefix}http.response.start", "status": status, "headers": raw_headers(head)})
+    await send({"type": f"{prefix}http.response.body", "body": body})
+
+
+def _error_headers(error: HubError) -> dict[str, str]:
+    return {"Content-Type": "application/json", **error.headers()}
+
+
+async def send_error(send: Send, request: Request, settings: Any, error: HubError,
+                     extra: Mapping[str, str] | None = None) -> None:
+    """The JSON error response of API.md (with CORS headers for allowed origins)."""
+    headers = {**_error_headers(error), **(extra or {}),
+               **cors_headers(settings, request.headers.get("Origin"))}
+    await send_response(send, error.status, error.body().encode(), headers)
+
+
+async def reject_upgrade(send: Send, request: Request, error: HubError) -> None:
+    """Refuses a WebSocket before accepting it: its HTTP status and JSON body where the
+    server can send one (ASGI's websocket.http.response), else a bare 403."""
+    if "websocket.http.response" in (request.scope.get("extensions") or {}):
+        await send_response(send, error.status, error.body().encode(), _error_headers(error),
+                            websocket=True)
+    else:
+        await send({"type": "websocket.close", "code": error.close_code})
+
+
+class LiveRouter:
+    """ASGI middleware: WebSocket and SSE endpoints by path, the rest to the wrapped app.
+
+    Paths are matched below ``prefix`` (``Hubbub(url_prefix=...)``) and below the
+    ``root_path`` of an outer mount, as Quart matches its own routes.
+    """
+
+    def __init__(self, app: Any, svc: Services, prefix: str, websocket: Mapping[str, Handler],
+                 sse: Mapping[str, Handler]) -> None:
+        self._app: ASGIApp = app
+        self._svc = svc
+        self._websocket = {prefix + path: handler for path, handler in websocket.items()}
+        self._sse = {prefix + path: handler for path, handler in sse.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        handler: Handler | None = None
+        if kind == "websocket" or kind == "http":
+            path = scope["path"]
+            root = scope.get("root_path") or ""
+            if root and path.startswith(root):  # mounted: the path still carries the mount point
+                path = path[len(root):]
+            if kind == "websocket":
+                handler = self._websocket.get(path)
+            elif path in self._sse:
+                handler = self._sse[path] if scope["method"] == "GET" else _not_get
+            elif path in self._websocket:
+                handler = _not_upgraded
+        if handler is None:
+            await self._app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            await handler(self._svc, request, receive, send)
+        except Exception:
+            # The server answers 500 (or closes 1011) for a handler that raised.
+            log.exception("unhandled error on %s", request.path)
+
+
+_ALLOW = "GET, OPTIONS"
+
+
+async def _not_get(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    """CORS preflight for the SSE endpoints (fetch-based readers send Last-Event-ID); else 405."""
+    if request.scope["method"] == "OPTIONS":
+        cors = cors_headers(svc.settings, request.headers.get("Origin"))
+        await send_response(send, 200, b"", {"Allow": _ALLOW, **cors})
+        return
+    error = MethodNotAllowed(f"{request.scope['method']} is not allowed here: use GET")
+    await send_error(send, request, svc.settings, error, {"Allow": _ALLOW})
+
+
+async def _not_upgraded(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    error = BadRequest(f"{request.path} is a WebSocket endpoint: connect with Upgrade: websocket")
+    await send_error(send, request, svc.settings, error)

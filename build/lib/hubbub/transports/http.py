@@ -1,0 +1,163 @@
+"""Plain HTTP: post and read room messages, presence, notifications, tickets, demo login."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from hubbub.auth import Principal, issue_ticket
+from hubbub.errors import BadRequest, Forbidden, TooLarge, Unauthorized, Unavailable
+from hubbub.hub.backends.base import BackendUnavailable
+from hubbub.hub.hub import BROADCAST, room_channel, user_channel
+from hubbub.hub.message import Cursor, dumps
+from hubbub.transports.common import (
+    Services,
+    checked_by_hook,
+    limit_publisher,
+    publish_chat,
+    require_principal,
+    services,
+    take_token,
+    valid_room,
+)
+from hubbub.transports.inbound import chat_text_from_body, json_object
+
+bp = Blueprint("http", __name__)
+
+DEFAULT_HISTORY_LIMIT = 100
+MAX_HISTORY_LIMIT = 10_000  # asked for more: clamped to HISTORY_SIZE anyway
+TICKETS_PER_S = 1.0  # minting per user; the burst is twice MAX_CONNECTIONS_PER_USER
+_DEMO_USER_MAX = 64
+
+
+def _json(value: object, status: int = 200) -> Response:
+    return Response(dumps(value), status=status, content_type="application/json")
+
+
+async def _body(svc: Services) -> bytes:
+    """The request body, refused past MAX_MESSAGE_BYTES before it is read whole."""
+    limit = svc.settings.max_message_bytes
+    if (request.content_length or 0) > limit:
+        raise TooLarge(f"bodies are limited to {limit} bytes")
+    request.max_content_length = limit
+    try:
+        data = await request.get_data(cache=False, as_text=False)
+        return data if isinstance(data, bytes) else data.encode()
+    except Exception as exc:  # werkzeug's RequestEntityTooLarge for chunked bodies
+        if getattr(exc, "code", None) == 413:
+            raise TooLarge(f"bodies are limited to {limit} bytes") from None
+        raise
+
+
+async def _principal(svc: Services) -> Principal:
+    return await require_principal(svc, request)
+
+
+@bp.post("/api/rooms/<room>/messages")
+async def post_message(room: str) -> Response:
+    svc = services()
+    room = valid_room(room)
+    principal = await _principal(svc)
+    text = chat_text_from_body(request.content_type or "", await _body(svc))
+    message = await publish_chat(svc, principal, room, text)
+    return _json({"id": message.id}, 202)
+
+
+@bp.get("/api/rooms/<room>/messages")
+async def get_messages(room: str) -> Response:
+    svc = services()
+    room = valid_room(room)
+    principal = await _principal(svc)
+    principal.require_room(room)
+    raw_limit = request.args.get("limit", str(DEFAULT_HISTORY_LIMIT))
+    # isascii() and the length: str.isdigit() also accepts "²" and 5000 digits, which int() refuses.
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 9) \
+            or not 1 <= int(raw_limit) <= MAX_HISTORY_LIMIT:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+    limit = min(int(raw_limit), svc.settings.history_size)  # no more is kept anyway
+    try:
+        history = await svc.hub.backend.history(
+            [room_channel(room)], Cursor.parse(request.args.get("since")), limit
+        )
+    except BackendUnavailable:
+        raise Unavailable("the message backend is unreachable", retry_after=2) from None
+    # Each message is already JSON text: splice, do not decode and re-encode.
+    body = ",".join(m.json for m in history.messages)
+    recovered = "true" if history.recovered else "false"
+    return Response(f'{{"messages":[{body}],"recovered":{recovered}}}',
+                    content_type="application/json")
+
+
+@bp.get("/api/rooms/<room>/presence")
+async def get_presence(room: str) -> Response:
+    svc = services()
+    room = valid_room(room)
+    principal = await _principal(svc)
+    principal.require_room(room)
+    try:
+        users = await svc.hub.presence(room_channel(room))
+    except BackendUnavailable:
+        raise Unavailable("the presence backend is unreachable", retry_after=2) from None
+    return _json({"room": room, "users": users})
+
+
+@bp.post("/api/notifications")
+async def post_notification() -> Response:
+    svc = services()
+    principal = await _principal(svc)
+    principal.require_scope("notify")
+    await limit_publisher(svc, principal)
+    body = json_object(request.content_type or "", await _body(svc))
+    if "data" not in body:
+        raise BadRequest("'data' is required (any JSON value)")
+    user, to_all = body.get("user"), body.get("broadcast")
+    if to_all is not True and (not isinstance(user, str) or not user or len(user) > 128):
+        raise BadRequest('give "user": "ID" or "broadcast": true')
+    if to_all is True and user is not None:
+        raise BadRequest('give either "user" or "broadcast": true, not both')
+    channel = BROADCAST if to_all is True else user_channel(user)  # type: ignore[arg-type]
+    notification = await checked_by_hook(svc, principal, channel,
+                                         {"type": "notification", "data": body["data"]})
+    try:
+        message = await svc.hub.publish(channel, notification)
+    except BackendUnavailable:
+        raise Unavailable("the message backend is unreachable", retry_after=2) from None
+    svc.metrics.published += 1
+    return _json({"id": message.id}, 202)
+
+
+@bp.post("/auth/ticket")
+async def post_ticket() -> Response:
+    svc = services()
+    principal = await _principal(svc)
+    left = principal.seconds_left()
+    if left is not None and left <= 0:  # within the verify leeway, but its ticket would be refused
+        raise Unauthorized("token expired")
+    await take_token(svc, f"tickets:{principal.user}", TICKETS_PER_S,
+                     2 * svc.settings.max_connections_per_user, "ticket")
+    try:
+        ticket = await issue_ticket(svc.hub.backend, principal)
+    except BackendUnavailable:
+        raise Unavailable("the ticket store is unreachable", retry_after=2) from None
+    return _json({"ticket": ticket, "expires_in": 30})
+
+
+@bp.post("/auth/demo-token")
+async def post_demo_token() -> Response:
+    svc = services()
+    if not svc.settings.demo_login_enabled or not svc.authenticator.can_issue:
+        raise Forbidden("demo login is disabled (JWT_SECRET is set and DEMO_LOGIN is not 1)")
+    body = json_object(request.content_type or "", await _body(svc))
+    user = body.get("user")
+    if not isinstance(user, str) or not valid_demo_user(user):
+        raise BadRequest(f"'user' must be 1-{_DEMO_USER_MAX} characters of A-Z a-z 0-9 _ . -")
+    scope = body.get("scope", "")
+    if scope not in ("", "notify"):
+        raise BadRequest("'scope' may only be \"notify\"")
+    ttl = 3600
+    token = svc.authenticator.issue(user, scope=scope, ttl_s=ttl, demo=True)
+    return _json({"token": token, "expires_in": ttl})
+
+
+def valid_demo_user(user: str) -> bool:
+    return 0 < len(user) <= _DEMO_USER_MAX and all(c.isascii() and (c.isalnum() or c in "_.-")
+                                                   for c in user)

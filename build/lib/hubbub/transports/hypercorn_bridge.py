@@ -1,0 +1,219 @@
+"""Everything hubbub takes from Hypercorn beyond ASGI: per connection, on its own live endpoints.
+
+ASGI has no ping, no way to drop a peer that stopped reading (Hypercorn has no write
+timeout: a send to such a peer waits forever), one write per message, no limit in bytes
+on a WebSocket message, and no word of the worker shutting down. Hypercorn has all of it
+on the stream object behind the ``send`` callable it hands the app for a request:
+
+    send.__self__                       WSStream | HTTPStream: this request's stream
+      .send.__self__                    H11Protocol (HTTP/1.1) or H2Protocol
+        .send.__self__.writer           the TCP connection's asyncio.StreamWriter
+      .handshake.extensions             what the client offered (declined: set to None)
+      .buffer                           where a WebSocket message is gathered (limited here)
+      .handle                           each event from the peer (wrapped on this instance)
+      .context.terminated               set when the worker begins to shut down
+
+Nothing is patched on a class: a host app's own requests and WebSockets are untouched.
+These are private names, so the versions they were tested on are pinned in pyproject.toml,
+``status()`` checks them once and start-up logs the result, and tests/e2e/test_fast_path.py
+fails the day one changes. Outside the tested range or under another server, ``attach``
+returns None and callers take the plain ASGI path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from hubbub.hub.message import Message
+from hubbub.transports.socket_writer import DirectWriter, WriteBatcher
+
+log = logging.getLogger(__name__)
+
+TESTED_HYPERCORN = ((0, 18),)  # (major, minor) releases whose internals this module knows
+CLOSE_GRACE_S = 2.0  # a peer sent its close frame has this long to answer before it is dropped
+_PING_FRAME = b"\x89\x00"  # FIN + ping, no payload, unmasked (RFC 6455 §5.5.2)
+
+
+@cache
+def status() -> tuple[bool, str]:
+    """Whether the fast path can be on in this process, and why not when it cannot."""
+    try:
+        installed = version("hypercorn")
+    except PackageNotFoundError:
+        return False, "Hypercorn is not installed"
+    major_minor = tuple(int(part) for part in installed.split(".")[:2] if part.isdigit())
+    if major_minor not in TESTED_HYPERCORN:
+        tested = ", ".join(f"{a}.{b}.x" for a, b in TESTED_HYPERCORN)
+        return False, f"Hypercorn {installed} is outside the tested range ({tested})"
+    try:
+        from hypercorn.asyncio.tcp_server import TCPServer
+        from hypercorn.protocol.events import Body, Data  # noqa: F401
+        from hypercorn.protocol.h11 import H11Protocol
+        from hypercorn.protocol.http_stream import HTTPStream
+        from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream  # noqa: F401
+    except ImportError as error:
+        return False, f"Hypercorn {installed} has moved its internals ({error})"
+    missing = [f"{cls.__name__}.{name}" for cls, name in (
+        (WSStream, "app_send"), (HTTPStream, "app_send"), (WSStream, "handle"),
+        (WSStream, "_send_wsproto_event"), (H11Protocol, "stream_send"),
+        (TCPServer, "protocol_send"),
+    ) if not hasattr(cls, name)]
+    if missing:
+        return False, f"Hypercorn {installed} lacks {', '.join(missing)}"
+    return True, f"Hypercorn {installed}"
+
+
+class Bridge:
+    """One connection's stream in Hypercorn: its socket, its pings, its received bytes."""
+
+    __slots__ = ("_stream", "_writer", "h11", "last_received", "on_too_big", "compressed", "_pinging")
+
+    def __init__(self, stream: Any, writer: asyncio.StreamWriter | None, h11: bool) -> None:
+        self._stream = stream
+        self._writer = writer
+        self.h11 = h11  # HTTP/1.1: this request owns the TCP connection
+        self.last_received = time.monotonic()
+        self.on_too_big: Callable[[], None] | None = None
+        self.compressed = False
+        self._pinging: asyncio.Future[None] | None = None
+
+    @classmethod
+    def attach(cls, send: Callable[..., Awaitable[None]], *, websocket: bool = False,
+               compression: bool = False, max_message_bytes: int = 0) -> Bridge | None:
+        """The bridge to the stream behind ``send``; None when the fast path is off or ``send``
+        is not Hypercorn's (another server, a middleware in between).
+
+        For a WebSocket, call it before accepting: it declines permessage-deflate unless
+        ``compression``, limits messages to ``max_message_bytes``, and watches received bytes.
+        """
+        if not status()[0]:
+            return None
+        from hypercorn.protocol.h11 import H11Protocol
+        from hypercorn.protocol.http_stream import HTTPStream
+        from hypercorn.protocol.ws_stream import WSStream
+
+        stream = getattr(send, "__self__", None)
+        if not isinstance(stream, WSStream | HTTPStream):
+            return None
+        protocol: Any = getattr(stream.send, "__self__", None)
+        h11 = isinstance(protocol, H11Protocol)
+        tcp_server = getattr(protocol.send, "__self__", None) if h11 else None
+        bridge = cls(stream, getattr(tcp_server, "writer", None), h11)
+        if websocket and isinstance(stream, WSStream):
+            bridge._take_websocket(stream, compression, max_message_bytes)
+        return bridge
+
+    def _take_websocket(self, stream: Any, compression: bool, max_message_bytes: int) -> None:
+        handshake = stream.handshake
+        offered = handshake.extensions or []
+        if compression:
+            self.compressed = any(e.split(";")[0].strip() == "permessage-deflate" for e in offered)
+        else:
+            handshake.extensions = None  # negotiate no extension: frames stay shared bytes
+        if max_message_bytes:
+            stream.buffer = MessageBuffer(max_message_bytes, self._too_big)
+        handle = stream.handle  # the bound method of this instance's class
+
+        async def watched(event: Any) -> None:
+            self.last_received = time.monotonic()
+            await handle(event)
+
+        stream.handle = watched  # this stream only; it goes with the connection
+
+    def _too_big(self) -> None:
+        """Hypercorn has sent close 1009; a peer that does not answer it is dropped."""
+        if self.on_too_big is not None:
+            self.on_too_big()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.abort)
+
+    def idle_for(self) -> float:
+        """Seconds since the peer last sent anything (data, ping, pong or close)."""
+        return time.monotonic() - self.last_received
+
+    def direct_writer(self, encode: Callable[[Message], bytes], batcher: WriteBatcher) -> DirectWriter | None:
+        """A writer of pre-encoded frames straight to the socket: HTTP/1.1, no WebSocket extension."""
+        if not self.h11 or self.compressed or self._writer is None:
+            return None
+        return DirectWriter(self._writer, encode, batcher)
+
+    def ping(self) -> None:
+        """A WebSocket protocol ping (browsers answer by themselves), unless the socket is backed
+        up: a peer that is not reading meets the idle check or the outbox bound anyway."""
+        if self._writer is not None:  # HTTP/1.1: a control frame, never compressed
+            transport = self._writer.transport
+            if not transport.is_closing() and (
+                    transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]):
+                transport.write(_PING_FRAME)
+        elif self._pinging is None:  # HTTP/2 (RFC 8441): the frame goes through the stream
+            self._pinging = asyncio.ensure_future(self._ping_through_stream())
+
+    async def _ping_through_stream(self) -> None:
+        from wsproto.events import Ping
+
+        try:
+            await self._stream._send_wsproto_event(Ping())
+        finally:
+            self._pinging = None
+
+    def abort(self) -> None:
+        """Drops the TCP connection at once, discarding unsent data (HTTP/1.1 only: over
+        HTTP/2 the connection is shared with other streams)."""
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+    def server_shutdown(self) -> Awaitable[None]:
+        """Done when the worker serving this connection begins to shut down, whatever told it
+        to (a signal to it or to Hypercorn's supervisor, or ``serve()``'s trigger). It holds
+        the worker's context only, not this connection."""
+        return self._stream.context.terminated.wait()  # type: ignore[no-any-return]
+
+
+class MessageBuffer:
+    """Gathers one WebSocket message for Hypercorn, in its buffer's place, limited in bytes.
+
+    Hypercorn's own counts characters of text and keeps gathering past its limit; this one
+    counts UTF-8 bytes and keeps nothing once a message is too big.
+    """
+
+    __slots__ = ("_parts", "_text", "length", "max_length", "_too_big", "_on_too_big")
+
+    def __init__(self, max_length: int, on_too_big: Callable[[], None]) -> None:
+        self._parts: list[Any] = []
+        self._text: bool | None = None
+        self.length = 0
+        self.max_length = max_length
+        self._too_big = False
+        self._on_too_big = on_too_big
+
+    def extend(self, event: Any) -> None:
+        from hypercorn.protocol.ws_stream import FrameTooLargeError
+        from wsproto.events import TextMessage
+
+        if self._too_big:
+            raise FrameTooLargeError  # Hypercorn has closed 1009; drop whatever still comes
+        data = event.data
+        if self._text is None:
+            self._text = isinstance(event, TextMessage)
+        if isinstance(data, str) and not data.isascii():
+            self.length += len(data.encode())
+        else:
+            self.length += len(data)
+        if self.length > self.max_length:
+            self._too_big, self._parts = True, []
+            self._on_too_big()
+            raise FrameTooLargeError
+        self._parts.append(data)
+
+    def clear(self) -> None:
+        self._parts, self._text, self.length = [], None, 0
+
+    def to_message(self) -> dict[str, Any]:
+        if self._text:
+            return {"type": "websocket.receive", "bytes": None, "text": "".join(self._parts)}
+        return {"type": "websocket.receive", "bytes": b"".join(self._parts), "text": None}

@@ -1,0 +1,282 @@
+"""The one hub every transport publishes to and subscribes from.
+
+It stamps messages, lets the backend assign ids and carry them between
+processes, and fans each one out to the local subscriptions of its channel
+by appending to their outboxes. It never awaits a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from hubbub.hub.backends.base import Backend, BackendUnavailable
+from hubbub.hub.message import Cursor, Frames, Message, encode_body, presence_frame
+from hubbub.hub.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+BROADCAST = "broadcast"
+
+# Join and leave frames wait at most this long and then go out together. A crowd joining
+# one room (a restart, an event starting) makes one join per user for every member: each
+# on its own meant one socket write per member per join, 5 s of CPU for 1,000 users
+# joining one room; gathered, a member's socket takes a window's joins in one write.
+LIVE_WINDOW_S = 0.05
+REPLAY_PAGE_MAX = 500  # messages read from history per page of a replay
+
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+MAX_USER_ID = 128
+
+
+def room_channel(room: str) -> str:
+    return f"room:{room}"
+
+
+def check_channel(channel: str) -> str:
+    """``room:NAME``, ``user:ID`` or ``broadcast``; anything else is a ValueError, at once:
+    a message to ``"lobby"`` would otherwise be published to nobody, in silence."""
+    kind, _, name = channel.partition(":")
+    if channel == BROADCAST or (kind == "room" and ROOM_NAME.fullmatch(name)) or (
+            kind == "user" and 0 < len(name) <= MAX_USER_ID):
+        return channel
+    raise ValueError(f"channel must be 'room:NAME' (1-64 of A-Z a-z 0-9 _ . -), 'user:ID' (1-{MAX_USER_ID} "
+                     f"characters) or 'broadcast', got {channel!r}")
+
+
+def user_channel(user: str) -> str:
+    return f"user:{user}"
+
+
+def notification_channels(user: str) -> tuple[str, str]:
+    return (user_channel(user), BROADCAST)
+
+
+class Hub:
+    def __init__(self, backend: Backend, *, outbox_size: int = 1000) -> None:
+        self.backend = backend
+        self._outbox_size = outbox_size
+        # A replay goes a page at a time, each once the previous one was taken by the socket:
+        # a backlog larger than the outbox is paced by the reader, never poured in at once.
+        self._page_size = max(1, min(REPLAY_PAGE_MAX, outbox_size // 2))
+        self._subscriptions: set[Subscription] = set()  # all of them, channels or not
+        self._subscribers: dict[str, set[Subscription]] = {}
+        # One lock per channel: the first local subscriber subscribes at the backend
+        # while later ones wait, and an unsubscribe never races a resubscribe.
+        # Each entry counts its users so it is dropped when nobody holds or awaits it.
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self.delivered = 0  # message × subscriber hand-offs, for /metrics
+        self._live: list[Message] = []  # join/leave frames waiting for LIVE_WINDOW_S
+        self._live_due: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        await self.backend.start(self._deliver)
+
+    def close_subscriptions(self) -> None:
+        """Ends every local subscription: their writers close the connections.
+
+        Join/leave frames still waiting go out first (ending subscriptions take no more)."""
+        self._deliver_live()
+        for subscription in tuple(self._subscriptions):
+            subscription.close()
+
+    async def close(self) -> None:
+        self.close_subscriptions()
+        await self.backend.close()
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(
+        self, channel: str, message: dict[str, Any], *, sender: str | None = None,
+        origin: str | None = None,
+    ) -> Message:
+        """Stamps ``message`` and sends it to every subscriber of ``channel`` on every process.
+
+        Raises ValueError for a malformed channel (see ``check_channel``) or a message that is
+        not a JSON object."""
+        if not isinstance(message, dict):
+            raise ValueError(f"a message is a dict (a JSON object), got {type(message).__name__}")
+        body = encode_body(check_channel(channel), message, sender)
+        return await self.backend.publish(channel, body, origin)
+
+    async def notify(self, user: str, data: Any) -> Message:
+        """A notification to every connection of ``user``."""
+        return await self.publish(user_channel(user), {"type": "notification", "data": data})
+
+    async def broadcast(self, data: Any) -> Message:
+        """A notification to every notifications subscriber."""
+        return await self.publish(BROADCAST, {"type": "notification", "data": data})
+
+    # -- subscribing --------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self, channels: Iterable[str], *, cursor: str | None = None, connection_id: str = "",
+    ) -> AsyncIterator[Subscription]:
+        """A subscription that replays what came after ``cursor``, then goes live.
+
+        Live messages arriving during the replay are held and de-duplicated by id,
+        so nothing is lost or repeated at the seam. Always cleaned up on exit.
+        """
+        subscription = Subscription(tuple(channels), connection_id, self._outbox_size)
+        parsed = Cursor.parse(cursor)
+        if parsed is not None:
+            subscription.hold()
+        self._subscriptions.add(subscription)
+        added: list[str] = []
+        replaying: asyncio.Task[None] | None = None
+        try:
+            for channel in subscription.channels:
+                await self._add(channel, subscription)
+                added.append(channel)
+            if parsed is not None:  # the first page now, so the welcome can say `recovered`
+                after = await self._replay_page(subscription, parsed)
+                if after is not None:
+                    replaying = asyncio.create_task(self._replay_rest(subscription, after))
+            yield subscription
+        finally:
+            subscription.close()
+            self._subscriptions.discard(subscription)
+            if replaying is not None:
+                replaying.cancel()
+            for channel in added:
+                await self._remove(channel, subscription)
+
+    async def _replay_page(self, subscription: Subscription, after: Cursor) -> Cursor | None:
+        """Queues one page of history after ``after``; where the next starts, or None once live.
+
+        Live messages are held meanwhile. If they outgrow the outbox they are let go (they
+        are in history too), and the page that was being read is no longer the last one.
+        """
+        drops = subscription.held_drops
+        page = await self.backend.history(subscription.channels, after, self._page_size)
+        if subscription.recovered is None:
+            subscription.recovered = page.recovered
+        if not page.recovered:  # gone from history (or trimmed while we paged): resync
+            subscription.resync()
+            subscription.go_live()
+            return None
+        subscription.replay_page(page.messages)
+        if len(page.messages) < self._page_size and subscription.held_drops == drops:
+            subscription.go_live()
+            return None
+        last = page.messages[-1] if page.messages else None
+        return after if last is None or last.seq is None else Cursor(last.epoch, last.seq)
+
+    async def _replay_rest(self, subscription: Subscription, after: Cursor | None) -> None:
+        """The pages after the first, each once the socket took the one before."""
+        try:
+            while after is not None:
+                await subscription.drained()
+                if subscription.ended:
+                    return
+                after = await self._replay_page(subscription, after)
+        except BackendUnavailable:
+            log.info("replay for %s cut short: backend unavailable", subscription.connection_id)
+            subscription.resync()
+            subscription.go_live()
+        except Exception:
+            log.exception("replay for %s failed", subscription.connection_id)
+            subscription.close()
+
+    async def _add(self, channel: str, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(channel)
+        if subscribers is not None:  # fast path: the backend already carries it here
+            subscribers.add(subscription)
+            return
+        async with self._channel_lock(channel):
+            subscribers = self._subscribers.get(channel)
+            if subscribers is None:
+                await self.backend.subscribe(channel)  # on failure nothing is registered
+                subscribers = self._subscribers[channel] = set()
+            subscribers.add(subscription)
+
+    async def _remove(self, channel: str, subscription: Subscription) -> None:
+        async with self._channel_lock(channel):
+            subscribers = self._subscribers.get(channel)
+            if subscribers is None:
+                return
+            subscribers.discard(subscription)
+            if subscribers:
+                return
+            del self._subscribers[channel]
+            try:
+                await self.backend.unsubscribe(channel)
+            except Exception:
+                log.warning("could not unsubscribe %s at the backend", channel, exc_info=True)
+
+    @asynccontextmanager
+    async def _channel_lock(self, channel: str) -> AsyncIterator[None]:
+        entry = self._locks.get(channel)
+        if entry is None:
+            entry = self._locks[channel] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[channel]
+
+    def _deliver(self, message: Message) -> None:
+        if message.seq is None:  # join/leave (live only, no id): gathered, see LIVE_WINDOW_S
+            self._live.append(message)
+            if self._live_due is None:
+                self._live_due = asyncio.get_running_loop().call_later(LIVE_WINDOW_S, self._deliver_live)
+            return
+        if self._live:  # what came before this message is delivered before it
+            self._deliver_live()
+        self._fan_out(message)
+
+    def _deliver_live(self) -> None:
+        if self._live_due is not None:
+            self._live_due.cancel()
+            self._live_due = None
+        live, self._live = self._live, []
+        by_channel: dict[str, list[Message]] = {}
+        for message in live:
+            by_channel.setdefault(message.channel, []).append(message)
+        for channel, frames in by_channel.items():
+            subscribers = self._subscribers.get(channel)
+            if not subscribers:
+                continue
+            # One hand-off per member for the whole window, not one per frame: n users
+            # joining make n²/2 frames, and this keeps the per-frame work to encoding once.
+            together = frames[0] if len(frames) == 1 else Frames(frames)
+            for subscription in tuple(subscribers):
+                subscription.offer_live(frames, together)
+            self.delivered += len(subscribers) * len(frames)
+
+    def _fan_out(self, message: Message) -> None:
+        subscribers = self._subscribers.get(message.channel)
+        if not subscribers:
+            return
+        for subscription in tuple(subscribers):
+            subscription.offer(message)
+        self.delivered += len(subscribers)
+
+    # -- presence -----------------------------------------------------------
+
+    async def join(self, channel: str, user: str, connection_id: str) -> None:
+        """Records the connection; the user's first one announces ``join`` to the room."""
+        if await self.backend.presence_add(channel, user, connection_id):
+            await self.backend.publish_live(channel, presence_frame("join", channel, user))
+
+    async def leave(self, channel: str, user: str, connection_id: str) -> None:
+        """Forgets the connection; the user's last one announces ``leave``."""
+        if await self.backend.presence_remove(channel, user, connection_id):
+            await self.backend.publish_live(channel, presence_frame("leave", channel, user))
+
+    async def presence(self, channel: str) -> list[dict[str, Any]]:
+        counts = await self.backend.presence(channel)
+        return [{"id": user, "connections": n} for user, n in sorted(counts.items())]
+
+    def local_subscriptions(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())

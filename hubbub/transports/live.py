@@ -1,0 +1,227 @@
+"""A subscriber connection's life after its welcome, shared by WebSocket and SSE.
+
+No task of its own: hub messages are written from the fan-out while the socket takes
+them (``DirectWriter``); when it is backed up they queue in the outbox and a
+short-lived flush task writes them in one go. One timer sends heartbeats, checks
+token expiry and (WebSocket) silence. Whatever ends the connection first (a full
+outbox, the token, the server draining, the peer's own misbehaviour) sends the
+ending once; a peer that does not take it within ``CLOSE_GRACE_S`` is dropped.
+The connection's own task only waits for the peer to leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, ClassVar
+
+from hubbub.auth import Principal
+from hubbub.errors import Close
+from hubbub.hub.backends.base import BackendUnavailable
+from hubbub.hub.message import Message
+from hubbub.hub.subscription import SlowConsumer, Subscription
+from hubbub.transports.common import Services
+from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
+from hubbub.transports.socket_writer import DirectWriter
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Why a connection ends: a WebSocket close code and reason (SSE maps them to its ending)."""
+
+    code: int
+    reason: str = ""
+
+
+SLOW_CONSUMER = Closing(Close.TRY_AGAIN_LATER, "slow consumer: resume from your last id")
+TOKEN_EXPIRED = Closing(Close.UNAUTHORIZED, "token expired")
+RESTARTING = Closing(Close.SERVICE_RESTART, "server restarting")
+BACKEND_DOWN = Closing(Close.TRY_AGAIN_LATER, "backend unavailable")
+PEER_GONE = Closing(Close.NORMAL, "")
+TOO_BIG = Closing(Close.TOO_BIG, "message too big")
+INTERNAL_ERROR = Closing(Close.INTERNAL_ERROR, "internal error")
+
+
+class LiveConnection:
+    """Subclasses say how a message, a heartbeat and the ending go on their wire."""
+
+    __slots__ = ("svc", "principal", "sub", "room", "send", "bridge", "direct", "closing",
+                 "_loop", "_flusher", "_ender", "_timer", "_abort")
+
+    frame_attribute: ClassVar[str]  # the Message attribute holding its bytes on this wire
+    checks_silence: ClassVar[bool] = False  # WebSocket: close a peer silent for IDLE_TIMEOUT
+
+    def __init__(self, svc: Services, principal: Principal | None, sub: Subscription,
+                 scope: dict[str, Any], send: Send, room: str | None, bridge: Bridge | None) -> None:
+        self.svc = svc
+        self.principal = principal  # None: no user (/ws/echo)
+        self.sub = sub
+        self.room = room
+        self.send = send
+        self.bridge = bridge  # None: not Hypercorn, or the fast path is off
+        self.direct: DirectWriter | None = None
+        if bridge is not None and self.wire_allows_direct(scope):
+            self.direct = bridge.direct_writer(attrgetter(self.frame_attribute), svc.writes)
+        self.closing: Closing | None = None
+        self._loop = asyncio.get_running_loop()
+        self._flusher: asyncio.Task[None] | None = None
+        self._ender: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._abort: asyncio.TimerHandle | None = None
+
+    # -- wire, per transport -----------------------------------------------------
+
+    def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
+        return True
+
+    async def greet(self, welcome: str) -> None:
+        """Sends the welcome: straight to the socket when the wire allows, like every message
+        after it (Hypercorn's own send path costs ~5% of a connect); through the server otherwise."""
+        raise NotImplementedError
+
+    async def send_batch(self, batch: Sequence[Message]) -> None:
+        """Writes a batch through the server (no direct writer: HTTP/2, compression, …)."""
+        raise NotImplementedError
+
+    def heartbeat(self) -> None:
+        raise NotImplementedError
+
+    async def send_ending(self, closing: Closing) -> None:
+        raise NotImplementedError
+
+    # -- life ----------------------------------------------------------------------
+
+    async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """Joins the room, serves until the peer is gone, leaves. Never raises for the peer."""
+        connection_id = self.sub.connection_id
+        joined = False
+        if self.direct is not None:
+            self.sub.write_now = self.direct.try_write
+        if self.bridge is not None:
+            self.bridge.on_too_big = lambda: self.end(TOO_BIG)
+        self.sub.on_ready = self._on_ready
+        if self.sub.backlog or self.sub.ended:  # a replay queued before we listened
+            self._on_ready()
+        self._schedule(first=True)
+        try:
+            if self.room is not None and self.principal is not None:
+                try:
+                    await self.svc.hub.join(self.sub.channels[0], self.principal.user, connection_id)
+                    joined = True
+                except BackendUnavailable:
+                    self.end(BACKEND_DOWN)
+            await self.serve(receive)
+        finally:
+            self.sub.write_now = self.sub.on_ready = None
+            if self.bridge is not None:
+                self.bridge.on_too_big = None
+            if self.direct is not None:
+                self.direct.close()
+            for handle in (self._timer, self._abort):
+                if handle is not None:
+                    handle.cancel()
+            for task in (self._flusher, self._ender):
+                if task is not None:
+                    task.cancel()
+            if joined and self.principal is not None:
+                channel, user = self.sub.channels[0], self.principal.user
+                try:
+                    await self.svc.hub.leave(channel, user, connection_id)
+                except BackendUnavailable:
+                    log.info("could not announce %s leaving %s: backend unavailable", user, channel)
+
+    async def serve(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """Reads until the peer is gone (or, after ``end``, until it took the ending)."""
+        raise NotImplementedError
+
+    def end(self, closing: Closing) -> None:
+        """Ends the connection once: no more messages, then the ending (after the backlog when
+        the server restarts), and the TCP connection dropped if the peer does not take it."""
+        if self.closing is not None:
+            return
+        self.closing = closing
+        self.sub.write_now = None
+        self.sub.close()  # nothing new is queued; waiters on the outbox wake up
+        if closing is not RESTARTING and self._flusher is not None:
+            self._flusher.cancel()  # stuck on a peer that stopped reading, or moot
+        self._abort = self._loop.call_later(CLOSE_GRACE_S, self.abort)
+        self._ender = self._loop.create_task(self._send_ending(closing))
+
+    def abort(self) -> None:
+        if self.bridge is not None:
+            self.bridge.abort()
+
+    async def _send_ending(self, closing: Closing) -> None:
+        try:
+            if self._flusher is not None:
+                await asyncio.wait([self._flusher])
+            if self.direct is not None:
+                self.direct.close()  # the ending goes through the server, after all we wrote
+            await self.send_ending(closing)
+        except (OSError, RuntimeError):
+            pass  # the peer is gone; the server ends the request
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def _on_ready(self) -> None:
+        sub = self.sub
+        if self.closing is not None:
+            return
+        if sub.overflowed:
+            self.svc.metrics.slow_consumers += 1
+            self.end(SLOW_CONSUMER)
+        elif sub.closed:  # the hub closed it: the server is draining
+            self.end(RESTARTING)
+        elif self._flusher is None:
+            self._flusher = self._loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while batch := self.sub.take():
+                if self.direct is not None:
+                    await self.direct.write(batch)
+                else:
+                    await self.send_batch(batch)
+        except (OSError, RuntimeError):
+            self.end(PEER_GONE)
+        except SlowConsumer:
+            pass  # _on_ready has ended the connection
+        finally:
+            self._flusher = None
+
+    # -- timer -------------------------------------------------------------------------
+
+    def _schedule(self, first: bool = False) -> None:
+        settings = self.svc.settings
+        delay = settings.heartbeat_interval_s
+        if first:  # clients that connected together (after a restart) do not beat together
+            delay *= random.uniform(0.5, 1.0)
+        if self.checks_silence:
+            delay = min(delay, settings.idle_timeout_s)
+        left = self.principal.seconds_left() if self.principal is not None else None
+        if left is not None:
+            delay = min(delay, max(left, 0.0))
+        self._timer = self._loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.closing is not None:
+            return
+        left = self.principal.seconds_left() if self.principal is not None else None
+        if left is not None and left <= 0:
+            self.end(TOKEN_EXPIRED)
+            return
+        idle_limit = self.svc.settings.idle_timeout_s
+        if self.checks_silence and self.bridge is not None and self.bridge.idle_for() > idle_limit:
+            self.end(Closing(Close.TRY_AGAIN_LATER, f"nothing received for {idle_limit:.0f} s"))
+            return
+        self.heartbeat()
+        self._schedule()

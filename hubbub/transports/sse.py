@@ -1,0 +1,161 @@
+"""Server-Sent Events transport: /sse/chat and /sse/notifications (ASGI handlers, see asgi.py).
+
+The response head goes through the server; the first chunk (a comment, the retry
+hint, the welcome) and then each message's shared chunk are written straight to the
+socket (see live.py). Events come from sse-starlette's encoder, built once per
+message (Message.sse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+from sse_starlette.event import ServerSentEvent
+
+from hubbub.auth import Principal
+from hubbub.errors import Close, HubError
+from hubbub.hub.backends.base import BackendUnavailable
+from hubbub.hub.hub import notification_channels, room_channel
+from hubbub.hub.message import Message
+from hubbub.hub.wire import http_chunk
+from hubbub.transports.asgi import Receive, Request, Send, raw_headers, send_error
+from hubbub.transports.common import (
+    Services,
+    check_origin,
+    cors_headers,
+    new_connection_id,
+    refuse_while_draining,
+    require_principal,
+    valid_room,
+    welcome_frame,
+)
+from hubbub.transports.hypercorn_bridge import Bridge
+from hubbub.transports.live import BACKEND_DOWN, Closing, LiveConnection
+
+_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+            "X-Content-Type-Options": "nosniff"}
+# Shared by every stream without CORS headers: the server keeps the start message for the
+# stream's life, so a copy per connection would cost ~0.5 KB each. Nothing mutates it.
+_START = {"type": "http.response.start", "status": 200, "headers": raw_headers(_HEADERS)}
+_HEARTBEAT = ServerSentEvent(comment="", sep="\n").encode()
+_HEARTBEAT_CHUNK = http_chunk(_HEARTBEAT)
+_BACKEND_DOWN_EVENT = '{"type":"error","code":"unavailable","detail":"backend unavailable"}'
+
+
+def retry_hint_ms() -> int:
+    """Reconnect delay, spread so the clients of one process do not all return at once."""
+    return random.randint(1000, 5000)
+
+
+def _retry_event(data: str | None = None) -> bytes:
+    return ServerSentEvent(data, retry=retry_hint_ms(), sep="\n").encode()
+
+
+async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    try:
+        refuse_while_draining(svc)
+        room = valid_room(request.args.get("room"))
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await require_principal(svc, request, tickets=True)
+        principal.require_room(room)
+    except HubError as error:
+        await send_error(send, request, svc.settings, error)
+        return
+    await _stream(svc, request, receive, send, principal, (room_channel(room),), room)
+
+
+async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    try:
+        refuse_while_draining(svc)
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await require_principal(svc, request, tickets=True)
+    except HubError as error:
+        await send_error(send, request, svc.settings, error)
+        return
+    await _stream(svc, request, receive, send, principal, notification_channels(principal.user), None)
+
+
+async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
+                  principal: Principal, channels: tuple[str, ...], room: str | None) -> None:
+    cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    cors = cors_headers(svc.settings, request.headers.get("Origin"))
+    start = {**_START, "headers": raw_headers({**_HEADERS, **cors})} if cors else _START
+    connection_id = new_connection_id()
+    bridge = Bridge.attach(send)
+    svc.watch_server_shutdown(bridge)
+    async with AsyncExitStack() as slots:
+        try:  # refused with an HTTP status before the stream starts
+            await slots.enter_async_context(svc.limits.process_slot())
+            await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
+        except HubError as error:
+            await send_error(send, request, svc.settings, error)
+            return
+        svc.metrics.connections_opened += 1
+        started = False
+        try:
+            async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
+                await send(start)
+                started = True
+                connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge)
+                await connection.greet(welcome_frame(channels[0], principal.user, sub.recovered,
+                                                     svc.settings.heartbeat_interval_s))
+                await connection.run(receive)
+        except BackendUnavailable:
+            if not started:
+                await send(start)
+            await send({"type": "http.response.body", "body": _retry_event(_BACKEND_DOWN_EVENT),
+                        "more_body": False})
+
+
+class SSEConnection(LiveConnection):
+    __slots__ = ("_beat",)
+
+    frame_attribute = "sse_chunk"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._beat: asyncio.Task[None] | None = None  # a heartbeat through the server (HTTP/2)
+
+    def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
+        return scope.get("http_version") == "1.1"  # chunked bodies: HTTP/1.1 only
+
+    async def greet(self, welcome: str) -> None:
+        # A comment first flushes proxies; then the retry hint and the welcome event.
+        body = _HEARTBEAT + _retry_event(welcome)
+        if self.direct is not None:
+            self.direct.write_bytes(http_chunk(body))
+        else:
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def send_batch(self, batch: Sequence[Message]) -> None:
+        await self.send({"type": "http.response.body", "body": b"".join([m.sse for m in batch]),
+                         "more_body": True})
+
+    def heartbeat(self) -> None:
+        if self.direct is not None:
+            self.direct.write_if_room(_HEARTBEAT_CHUNK)
+        elif self._beat is None:
+            self._beat = asyncio.ensure_future(self._send_heartbeat())
+
+    async def _send_heartbeat(self) -> None:
+        try:
+            await self.send({"type": "http.response.body", "body": _HEARTBEAT, "more_body": True})
+        finally:
+            self._beat = None
+
+    async def send_ending(self, closing: Closing) -> None:
+        """A restart says when to come back; an expired token or a slow reader just ends."""
+        body = b""
+        if closing.code == Close.SERVICE_RESTART:
+            body = _retry_event()
+        elif closing is BACKEND_DOWN:
+            body = _retry_event(_BACKEND_DOWN_EVENT)
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def serve(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass  # the request's (empty) body

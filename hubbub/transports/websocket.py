@@ -1,0 +1,302 @@
+"""WebSocket transport: /ws/echo, /ws/chat, /ws/notifications (ASGI handlers, see asgi.py).
+
+The connection's one task reads the client's frames; everything written after the
+welcome goes through the subscription (see live.py). Every endpoint gets the same
+rules: the origin check, MAX_CONNECTIONS, the message size in bytes, pings and the
+idle close, the drain on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+from hubbub.auth import AUTH_FRAME_TIMEOUT_S, Principal
+from hubbub.errors import BadRequest, Close, HubError, RateLimited, TooLarge, Unauthorized
+from hubbub.hub.backends.base import BackendUnavailable
+from hubbub.hub.hub import notification_channels, room_channel
+from hubbub.hub.message import Message
+from hubbub.hub.wire import websocket_frame, websocket_text_frame
+from hubbub.limits import LocalBucket
+from hubbub.transports.asgi import Receive, Request, Send, reject_upgrade
+from hubbub.transports.common import (
+    Services,
+    ack_frame,
+    check_origin,
+    identify,
+    new_connection_id,
+    publish_chat,
+    refuse_while_draining,
+    valid_room,
+    welcome_frame,
+)
+from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
+from hubbub.transports.inbound import parse_frame
+from hubbub.transports.live import BACKEND_DOWN, INTERNAL_ERROR, RESTARTING, Closing, LiveConnection
+
+log = logging.getLogger(__name__)
+
+_PONG = '{"type":"pong"}'
+# Replies to a client's own frames (acks, errors, pongs) wait for the writer past this
+# backlog, so a client that floods is paced by how fast it reads, not disconnected.
+REPLY_BACKLOG = 64
+REPLY_WAIT_S = 10.0
+
+
+class PeerLeft(Exception):
+    """The client went away before its connection was set up."""
+
+
+def _data(event: dict[str, Any]) -> str | bytes:
+    text = event.get("text")
+    return text if text is not None else (event.get("bytes") or b"")
+
+
+def too_big(data: str | bytes, max_bytes: int) -> bool:
+    """Whether ``data`` is over ``max_bytes`` as sent: text counts in UTF-8 bytes."""
+    if isinstance(data, bytes) or len(data) > max_bytes or len(data) * 4 <= max_bytes:
+        return len(data) > max_bytes  # characters > max means bytes > max; 4 bytes at most each
+    return len(data.encode()) > max_bytes
+
+
+def _attach(svc: Services, send: Send) -> Bridge | None:
+    bridge = Bridge.attach(send, websocket=True, compression=svc.settings.websocket_compression,
+                           max_message_bytes=svc.settings.max_message_bytes)
+    svc.watch_server_shutdown(bridge)
+    return bridge
+
+
+async def echo(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    await receive()  # websocket.connect
+    bridge = _attach(svc, send)
+    if svc.draining:
+        await _refuse_while_draining(send, bridge)
+        return
+    async with AsyncExitStack() as stack:
+        try:
+            check_origin(svc.settings, request.headers, request.host)
+            await stack.enter_async_context(svc.limits.process_slot())
+        except HubError as error:
+            await reject_upgrade(send, request, error)
+            return
+        subscription = await stack.enter_async_context(svc.hub.subscribe(()))
+        svc.metrics.connections_opened += 1
+        await send({"type": "websocket.accept"})
+        await EchoConnection(svc, None, subscription, request.scope, send, None, bridge).run(receive)
+
+
+async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    await receive()  # websocket.connect
+    bridge = _attach(svc, send)
+    if svc.draining:
+        await _refuse_while_draining(send, bridge)
+        return
+    try:
+        room = valid_room(request.args.get("room"))
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await identify(svc, request, tickets=True)
+        if principal is not None:
+            principal.require_room(room)
+    except HubError as error:
+        await reject_upgrade(send, request, error)
+        return
+    await _serve(svc, request, receive, send, bridge, principal, (room_channel(room),), room)
+
+
+async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    await receive()  # websocket.connect
+    bridge = _attach(svc, send)
+    if svc.draining:
+        await _refuse_while_draining(send, bridge)
+        return
+    try:
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await identify(svc, request, tickets=True)
+    except HubError as error:
+        await reject_upgrade(send, request, error)
+        return
+    await _serve(svc, request, receive, send, bridge, principal, None, None)
+
+
+async def _refuse_while_draining(send: Send, bridge: Bridge | None) -> None:
+    """Accept-then-1012 rather than an HTTP 503: browsers only see a code after an accept."""
+    await send({"type": "websocket.accept"})
+    await _close(send, bridge, RESTARTING)
+
+
+async def _close(send: Send, bridge: Bridge | None, closing: Closing) -> None:
+    """Sends the close frame; a peer that does not take it within the grace is dropped."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            await send({"type": "websocket.close", "code": closing.code, "reason": closing.reason})
+    except TimeoutError:
+        if bridge is not None:
+            bridge.abort()
+
+
+async def _principal_from_first_frame(svc: Services, receive: Receive) -> Principal:
+    """A WebSocket opened without credentials must send {"type":"auth","token"} first."""
+    try:
+        async with asyncio.timeout(AUTH_FRAME_TIMEOUT_S):
+            event = await receive()
+    except TimeoutError:
+        raise Unauthorized(f"no auth frame within {AUTH_FRAME_TIMEOUT_S:.0f} s") from None
+    if event["type"] == "websocket.disconnect":
+        raise PeerLeft
+    data = _data(event)
+    if too_big(data, svc.settings.max_message_bytes):
+        raise TooLarge("message too big")
+    try:
+        frame = parse_frame(data)
+    except BadRequest as error:
+        raise Unauthorized(f"expected an auth frame: {error.detail}") from None
+    if frame.type != "auth":
+        raise Unauthorized("the first frame must be {\"type\":\"auth\",\"token\":...}")
+    return svc.authenticator.verify(frame.token)
+
+
+async def _serve(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
+                 principal: Principal | None, channels: tuple[str, ...] | None,
+                 room: str | None) -> None:
+    """Counts the connection, accepts, subscribes, and serves it until the peer is gone."""
+    connection_id = new_connection_id()
+    async with AsyncExitStack() as slots:
+        try:  # refused before the upgrade, with an HTTP status the client can read
+            await slots.enter_async_context(svc.limits.process_slot())
+            if principal is not None:
+                await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
+        except HubError as error:
+            await reject_upgrade(send, request, error)
+            return
+        accepted = principal is None
+        if principal is None:
+            await send({"type": "websocket.accept"})
+            try:
+                principal = await _principal_from_first_frame(svc, receive)
+                if room is not None:
+                    principal.require_room(room)
+                refuse_while_draining(svc)
+                await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
+            except PeerLeft:
+                return
+            except HubError as error:
+                svc.metrics.auth_failures += error.status == 401
+                await _close(send, bridge, Closing(error.close_code, error.detail[:120]))
+                return
+        if channels is None:
+            channels = notification_channels(principal.user)
+        svc.metrics.connections_opened += 1
+        try:
+            async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
+                                         connection_id=connection_id) as subscription:
+                if not accepted:
+                    await send({"type": "websocket.accept"})
+                    accepted = True
+                connection = WebSocketConnection(svc, principal, subscription, request.scope, send,
+                                                 room, bridge)
+                await connection.greet(welcome_frame(
+                    channels[0], principal.user, subscription.recovered,
+                    svc.settings.heartbeat_interval_s,
+                ))
+                await connection.run(receive)
+        except BackendUnavailable:
+            if not accepted:
+                await send({"type": "websocket.accept"})
+            await _close(send, bridge, BACKEND_DOWN)
+
+
+class WebSocketConnection(LiveConnection):
+    __slots__ = ()
+
+    frame_attribute = "ws_frame"
+    checks_silence = True
+
+    async def greet(self, welcome: str) -> None:
+        if self.direct is not None:
+            self.direct.write_bytes(websocket_text_frame(welcome.encode()))
+        else:
+            await self.send({"type": "websocket.send", "text": welcome})
+
+    async def send_batch(self, batch: Sequence[Message]) -> None:
+        for message in batch:
+            if isinstance(message, BinaryFrame):
+                await self.send({"type": "websocket.send", "bytes": message.data})
+            else:
+                await self.send({"type": "websocket.send", "text": message.json})
+
+    def heartbeat(self) -> None:
+        if self.bridge is not None:  # None under another server: no pings
+            self.bridge.ping()
+
+    async def send_ending(self, closing: Closing) -> None:
+        await self.send({"type": "websocket.close", "code": closing.code, "reason": closing.reason})
+
+    async def serve(self, receive: Receive) -> None:
+        sub, max_bytes = self.sub, self.svc.settings.max_message_bytes
+        while True:
+            if sub.backlog > REPLY_BACKLOG and self.closing is None:
+                try:
+                    async with asyncio.timeout(REPLY_WAIT_S):
+                        await sub.drained()
+                except TimeoutError:
+                    self.end(Closing(Close.TRY_AGAIN_LATER, "not reading replies: slow consumer"))
+            event = await receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            if self.closing is not None:
+                continue  # our close frame is out: wait for the peer's
+            data = _data(event)
+            if too_big(data, max_bytes):  # the bridge refuses it sooner, where there is one
+                self.end(Closing(Close.TOO_BIG, f"messages are limited to {max_bytes} bytes"))
+                continue
+            try:
+                await self.handle(data)
+            except HubError as error:
+                sub.send_frame(error.frame())
+            except Exception:
+                user = self.principal.user if self.principal is not None else None
+                log.exception("connection of user %s on %s failed", user,
+                              sub.channels[0] if sub.channels else "/ws/echo")
+                self.end(INTERNAL_ERROR)
+
+    async def handle(self, data: str | bytes) -> None:
+        frame = parse_frame(data)
+        if frame.type == "ping":
+            self.sub.send_frame(_PONG)
+        elif frame.type == "chat" and self.room is not None and self.principal is not None:
+            message = await publish_chat(self.svc, self.principal, self.room, frame.text,
+                                         origin=self.sub.connection_id)
+            self.sub.send_frame(ack_frame(message.id, frame.ref))
+        else:
+            raise BadRequest(f"{frame.type!r} frames are not accepted here")
+
+
+class BinaryFrame(Message):
+    """A binary WebSocket frame of one connection's own (an echo)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("", "")
+        self.data = data
+        self._ws_frame = websocket_frame(data, binary=True)
+
+
+class EchoConnection(WebSocketConnection):
+    """/ws/echo: each frame back as it came, within the chat rate (per connection: no user)."""
+
+    __slots__ = ("_bucket",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        settings = self.svc.settings
+        self._bucket = LocalBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
+
+    async def handle(self, data: str | bytes) -> None:
+        wait_s = self._bucket.take()
+        if wait_s > 0:
+            raise RateLimited(f"slow down: next frame allowed in {wait_s:.1f} s", retry_after=wait_s)
+        self.sub.send_frame(BinaryFrame(data) if isinstance(data, bytes) else data)
