@@ -12,6 +12,8 @@ on the stream object behind the ``send`` callable it hands the app for a request
       .buffer                           where a WebSocket message is gathered (limited here)
       .handle                           each event from the peer (wrapped on this instance)
       .context.terminated               set when the worker begins to shut down
+      (HTTP/2) .send.__self__.connection, .stream_buffers, ._flush(), ._close_stream()
+                                        to reset one stream without touching its neighbours
 
 Nothing is patched on a class: a host app's own requests and WebSockets are untouched.
 These are private names, so the versions they were tested on are pinned in pyproject.toml,
@@ -54,6 +56,7 @@ def status() -> tuple[bool, str]:
     try:
         from hypercorn.asyncio.tcp_server import TCPServer
         from hypercorn.protocol.events import Body, Data  # noqa: F401
+        from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
         from hypercorn.protocol.h11 import H11Protocol
         from hypercorn.protocol.http_stream import HTTPStream
         from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream  # noqa: F401
@@ -62,7 +65,8 @@ def status() -> tuple[bool, str]:
     missing = [f"{cls.__name__}.{name}" for cls, name in (
         (WSStream, "app_send"), (HTTPStream, "app_send"), (WSStream, "handle"),
         (WSStream, "_send_wsproto_event"), (H11Protocol, "stream_send"),
-        (TCPServer, "protocol_send"),
+        (TCPServer, "protocol_send"), (H2Protocol, "_flush"), (H2Protocol, "_close_stream"),
+        (StreamBuffer, "close"), (StreamBuffer, "drain"),
     ) if not hasattr(cls, name)]
     if missing:
         return False, f"Hypercorn {installed} lacks {', '.join(missing)}"
@@ -72,7 +76,8 @@ def status() -> tuple[bool, str]:
 class Bridge:
     """One connection's stream in Hypercorn: its socket, its pings, its received bytes."""
 
-    __slots__ = ("_stream", "_writer", "h11", "last_received", "on_too_big", "compressed", "_pinging")
+    __slots__ = ("_stream", "_writer", "h11", "last_received", "on_too_big", "compressed", "_pinging",
+                 "_resetting")
 
     def __init__(self, stream: Any, writer: asyncio.StreamWriter | None, h11: bool) -> None:
         self._stream = stream
@@ -82,6 +87,7 @@ class Bridge:
         self.on_too_big: Callable[[], None] | None = None
         self.compressed = False
         self._pinging: asyncio.Future[None] | None = None
+        self._resetting: asyncio.Future[None] | None = None
 
     @classmethod
     def attach(cls, send: Callable[..., Awaitable[None]], *, websocket: bool = False,
@@ -161,11 +167,44 @@ class Bridge:
         finally:
             self._pinging = None
 
+    async def sent(self) -> None:
+        """Returns once what this request handed the server has gone out. Over HTTP/1.1 the
+        server's own send already waited for the socket. Over HTTP/2 it only buffers the
+        stream's data until the peer grants flow-control credit, and lets the next send
+        through whatever the buffer holds: a peer that grants none would make it buffer
+        without bound. Callers wait here, under a timeout, before they send more."""
+        if self.h11:
+            return
+        buffer = self._stream.send.__self__.stream_buffers.get(self._stream.stream_id)
+        if buffer is not None:
+            await buffer.drain()
+
     def abort(self) -> None:
-        """Drops the TCP connection at once, discarding unsent data (HTTP/1.1 only: over
-        HTTP/2 the connection is shared with other streams)."""
+        """Drops this request at once, discarding what was not sent: on HTTP/1.1 its TCP
+        connection; on HTTP/2 its stream only (RST_STREAM), its neighbours going on."""
         if self._writer is not None:
             self._writer.transport.abort()
+        elif not self.h11 and self._resetting is None:
+            self._resetting = asyncio.ensure_future(self._reset_stream())
+
+    async def _reset_stream(self) -> None:
+        """What Hypercorn does when a client resets a stream, done from our side: reset it,
+        free what its buffer holds (unblocking any send stuck on flow control), and tell
+        the handler it is gone."""
+        import h2.errors
+        import h2.exceptions
+
+        protocol: Any = self._stream.send.__self__
+        stream_id = self._stream.stream_id
+        try:
+            protocol.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.H2Error:
+            pass  # already closed or reset
+        buffer = protocol.stream_buffers.get(stream_id)
+        if buffer is not None:
+            await buffer.close()
+        await protocol._flush()
+        await protocol._close_stream(stream_id)
 
     def server_shutdown(self) -> Awaitable[None]:
         """Done when the worker serving this connection begins to shut down, whatever told it

@@ -12,6 +12,7 @@ from werkzeug.security import safe_join
 from hubbub._version import __version__
 from hubbub.errors import NotFound
 from hubbub.hub.message import dumps
+from hubbub.transports import hypercorn_bridge
 from hubbub.transports.common import services
 
 bp = Blueprint("site", __name__)
@@ -96,6 +97,7 @@ async def metrics() -> Response:
     if retained is not None:
         gauges.update((f"retained_{kind}", float(n)) for kind, n in retained().items())
     gauges["max_connections"] = float(svc.limits.max_total)
+    gauges["fast_path"] = 1.0 if hypercorn_bridge.status()[0] else 0.0
     text = svc.metrics.render(gauges, delivered=svc.hub.delivered,
                               connections_refused=svc.limits.refused)
     return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")

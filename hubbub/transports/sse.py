@@ -43,6 +43,7 @@ _HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X
 _START = {"type": "http.response.start", "status": 200, "headers": raw_headers(_HEADERS)}
 _HEARTBEAT = ServerSentEvent(comment="", sep="\n").encode()
 _HEARTBEAT_CHUNK = http_chunk(_HEARTBEAT)
+SEND_PIECE_BYTES = 32 * 1024
 _BACKEND_DOWN_EVENT = '{"type":"error","code":"unavailable","detail":"backend unavailable"}'
 
 
@@ -132,8 +133,16 @@ class SSEConnection(LiveConnection):
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def send_batch(self, batch: Sequence[Message]) -> None:
-        await self.send({"type": "http.response.body", "body": b"".join([m.sse for m in batch]),
-                         "more_body": True})
+        # In pieces: over HTTP/2 the server buffers what each send hands it whole before it
+        # waits for the peer's flow-control credit, so a piece bounds what it holds per stream.
+        body = bytearray()
+        for message in batch:
+            body += message.sse
+            if len(body) >= SEND_PIECE_BYTES:
+                await self.send({"type": "http.response.body", "body": bytes(body), "more_body": True})
+                body.clear()
+        if body:
+            await self.send({"type": "http.response.body", "body": bytes(body), "more_body": True})
 
     def heartbeat(self) -> None:
         if self.direct is not None:

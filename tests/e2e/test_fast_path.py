@@ -33,6 +33,7 @@ async def test_every_live_connection_on_http11_writes_directly(live_server: Live
         await echo.send("x")
         async with asyncio.timeout(5):
             assert await echo.recv() == "x"
+        assert "hubbub_fast_path 1.0" in (await client.get("/metrics")).text
         subscriptions = live_server.hub._subscriptions
         assert len(subscriptions) == 4
         # write_now is the direct writer's: set only when the bridge reached the socket

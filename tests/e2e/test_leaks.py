@@ -347,17 +347,18 @@ async def test_token_odd_header_401_detail_without_address_or_echo(server_factor
 
 
 @pytest.mark.parametrize(("token", "detail"), [
-    (make_token("alice", ttl_s=-60), "token expired"),
-    (make_token("alice", secret="another-secret-that-is-also-long-enough-for-hs256"), "bad signature"),
-    ("not.a.jwt", "malformed token"),
-    (jwt.encode({"sub": "alice", "exp": int(time.time()) + 600, "nbf": int(time.time()) + 300},
-                SECRET, algorithm="HS256"), "token not valid yet"),
-    (jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "missing claim 'exp'"),
-    (handmade({"alg": "none"}), "algorithm not allowed"),
+    (lambda: make_token("alice", ttl_s=-60), "token expired"),
+    (lambda: make_token("alice", secret="another-secret-that-is-long-enough-for-hs256"), "bad signature"),
+    (lambda: "not.a.jwt", "malformed token"),
+    (lambda: jwt.encode({"sub": "alice", "exp": int(time.time()) + 600, "nbf": int(time.time()) + 300},
+                        SECRET, algorithm="HS256"), "token not valid yet"),
+    (lambda: jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "missing claim 'exp'"),
+    (lambda: handmade({"alg": "none"}), "algorithm not allowed"),
 ], ids=["expired", "signature", "malformed", "not-yet", "missing-exp", "alg-none"])
-async def test_token_failure_detail_names_the_cause(live_server: LiveServer, token: str, detail: str) -> None:
-    async with live_server.http() as client:
-        reply = await client.post("/api/rooms/lobby/messages", content=b"hi", headers=bearer(token))
+async def test_token_failure_detail_names_the_cause(live_server: LiveServer, token: Callable[[], str],
+                                                    detail: str) -> None:
+    async with live_server.http() as client:  # the token made now: a test runs minutes after collection
+        reply = await client.post("/api/rooms/lobby/messages", content=b"hi", headers=bearer(token()))
     assert reply.status_code == 401
     assert reply.json() == {"error": "unauthorized", "detail": detail}
 

@@ -18,7 +18,7 @@ from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.backends.memory import MemoryBackend
 from hubbub.hub.hub import BROADCAST, Hub, notification_channels, room_channel, user_channel
 from hubbub.hub.message import Cursor, History, Message, presence_frame
-from hubbub.hub.subscription import SlowConsumer, Subscription
+from hubbub.hub.outbox import SlowConsumer, Subscription
 
 TIMEOUT_S = 2.0
 LOBBY = room_channel("lobby")

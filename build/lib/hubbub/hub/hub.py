@@ -16,7 +16,7 @@ from typing import Any
 
 from hubbub.hub.backends.base import Backend, BackendUnavailable
 from hubbub.hub.message import Cursor, Frames, Message, encode_body, presence_frame
-from hubbub.hub.subscription import Subscription
+from hubbub.hub.outbox import Subscription
 
 log = logging.getLogger(__name__)
 

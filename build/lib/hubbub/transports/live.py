@@ -23,7 +23,7 @@ from hubbub.auth import Principal
 from hubbub.errors import Close
 from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.message import Message
-from hubbub.hub.subscription import SlowConsumer, Subscription
+from hubbub.hub.outbox import SlowConsumer, Subscription
 from hubbub.transports.common import Services
 from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
 from hubbub.transports.socket_writer import DirectWriter
@@ -46,6 +46,9 @@ TOKEN_EXPIRED = Closing(Close.UNAUTHORIZED, "token expired")
 RESTARTING = Closing(Close.SERVICE_RESTART, "server restarting")
 BACKEND_DOWN = Closing(Close.TRY_AGAIN_LATER, "backend unavailable")
 PEER_GONE = Closing(Close.NORMAL, "")
+# A write through the server that the peer does not take within this long is a slow consumer
+# (the direct path does not wait: it queues in the bounded outbox instead).
+SEND_TIMEOUT_S = 10.0
 TOO_BIG = Closing(Close.TOO_BIG, "message too big")
 INTERNAL_ERROR = Closing(Close.INTERNAL_ERROR, "internal error")
 
@@ -103,11 +106,9 @@ class LiveConnection:
         """Joins the room, serves until the peer is gone, leaves. Never raises for the peer."""
         connection_id = self.sub.connection_id
         joined = False
-        if self.direct is not None:
-            self.sub.write_now = self.direct.try_write
+        self.sub.attach(self._on_ready, self.direct.try_write if self.direct is not None else None)
         if self.bridge is not None:
             self.bridge.on_too_big = lambda: self.end(TOO_BIG)
-        self.sub.on_ready = self._on_ready
         if self.sub.backlog or self.sub.ended:  # a replay queued before we listened
             self._on_ready()
         self._schedule(first=True)
@@ -120,7 +121,7 @@ class LiveConnection:
                     self.end(BACKEND_DOWN)
             await self.serve(receive)
         finally:
-            self.sub.write_now = self.sub.on_ready = None
+            self.sub.detach()
             if self.bridge is not None:
                 self.bridge.on_too_big = None
             if self.direct is not None:
@@ -148,7 +149,7 @@ class LiveConnection:
         if self.closing is not None:
             return
         self.closing = closing
-        self.sub.write_now = None
+        self.sub.stop_writing()
         self.sub.close()  # nothing new is queued; waiters on the outbox wake up
         if closing is not RESTARTING and self._flusher is not None:
             self._flusher.cancel()  # stuck on a peer that stopped reading, or moot
@@ -188,8 +189,14 @@ class LiveConnection:
             while batch := self.sub.take():
                 if self.direct is not None:
                     await self.direct.write(batch)
-                else:
-                    await self.send_batch(batch)
+                else:  # through the server (HTTP/2, compression): it may wait on the peer
+                    async with asyncio.timeout(SEND_TIMEOUT_S):
+                        await self.send_batch(batch)
+                        if self.bridge is not None:
+                            await self.bridge.sent()  # one batch at a time in the server's hands
+        except TimeoutError:
+            self.svc.metrics.slow_consumers += 1
+            self.end(SLOW_CONSUMER)  # e.g. an HTTP/2 stream given no flow-control credit
         except (OSError, RuntimeError):
             self.end(PEER_GONE)
         except SlowConsumer:

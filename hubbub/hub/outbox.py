@@ -1,12 +1,15 @@
-"""One connection's bounded outbox: the hub appends without waiting, the connection drains it.
+"""One connection's subscription and its bounded outbox: the hub offers without waiting,
+the connection drains it.
 
 A full outbox marks the subscriber slow; the connection then ends (WebSocket 1013,
 SSE end of stream) and the client resumes from history.
 
-Two ways to consume: a transport registers ``write_now`` (write while the socket takes
-it) and ``on_ready`` (something is queued, or the subscription ended) and calls
-``take()``; server-side code awaits ``next_batch()``. Idle subscriptions hold no
-asyncio objects: the events behind the awaitable API are made on first use.
+Two ways to consume: a live connection ``attach``es its socket writer
+(transports/socket_writer.py, ``DirectWriter.try_write``: a message goes straight to the
+socket while it takes it, else it is queued here) and a callback told when something is
+queued or the subscription ended, then ``take()``s; server-side code awaits
+``next_batch()``. Idle subscriptions hold no asyncio objects: the events behind the
+awaitable API are made on first use. docs/architecture.md follows one message through.
 """
 
 from __future__ import annotations
@@ -96,6 +99,19 @@ class Subscription:
             return
         for message in frames:
             self.offer(message)
+
+    def attach(self, on_ready: Callable[[], None], write_now: Callable[[Message], bool] | None) -> None:
+        """Connects a live connection: ``write_now`` writes a message at once if the socket
+        takes it (False: queue it), ``on_ready`` hears of a queue, an overflow or the end."""
+        self.write_now = write_now
+        self.on_ready = on_ready
+
+    def stop_writing(self) -> None:
+        """From now on everything is queued (the connection is ending)."""
+        self.write_now = None
+
+    def detach(self) -> None:
+        self.write_now = self.on_ready = None
 
     def send_frame(self, frame: str | Message) -> None:
         """Queues a frame of this connection's own (ack, error, pong; JSON text or an encoded

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hubbub.hub.message import History, Message
-from hubbub.hub.subscription import SlowConsumer, Subscription
+from hubbub.hub.outbox import SlowConsumer, Subscription
 
 TIMEOUT_S = 2.0
 
