@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ class Settings:
     publish_rate_limit_burst: int = 200
     outbox_size: int = 1000
     demo_login: bool | None = None  # None: on only with the ephemeral secret (development)
+    api_keys: tuple[tuple[str, str], ...] = ()  # (name, secret): backends publishing over HTTP
+    api_key_rate_limit_per_second: float = 1000.0
+    api_key_rate_limit_burst: int = 2000
+    idempotency_ttl_s: float = 86400.0
     websocket_compression: bool = False
     log_level: str = "INFO"
 
@@ -131,6 +136,7 @@ class Settings:
                 raise ValueError(
                     f"ALLOWED_ORIGINS entries must be '*', 'null' or http(s)://host, got {origin!r}"
                 )
+        _check_api_keys(self.api_keys)
         if self.log_level not in _LOG_LEVELS:
             raise ValueError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}")
         for name, minimum in _MINIMUMS.items():
@@ -173,6 +179,10 @@ class Settings:
             publish_rate_limit_burst=_int(env, "PUBLISH_RATE_LIMIT_BURST", 200, minimum=1),
             outbox_size=_int(env, "OUTBOX_SIZE", 1000, minimum=1),
             demo_login=_bool(env, "DEMO_LOGIN") if env.get("DEMO_LOGIN", "").strip() else None,
+            api_keys=_api_keys(env),
+            api_key_rate_limit_per_second=_float(env, "API_KEY_RATE_LIMIT_PER_SECOND", 1000.0, minimum=0.001),
+            api_key_rate_limit_burst=_int(env, "API_KEY_RATE_LIMIT_BURST", 2000, minimum=1),
+            idempotency_ttl_s=_float(env, "IDEMPOTENCY_TTL", 86400.0, minimum=1.0),
             websocket_compression=_bool(env, "WEBSOCKET_COMPRESSION"),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
         )
@@ -182,4 +192,32 @@ class Settings:
 _MINIMUMS = {"history_size": 1, "history_ttl_s": 1.0, "heartbeat_interval_s": 0.05, "idle_timeout_s": 0.1,
              "rate_limit_per_second": 0.001, "rate_limit_burst": 1, "max_message_bytes": 64,
              "max_connections_per_user": 1, "max_connections": 0, "publish_rate_limit_per_second": 0.001,
-             "publish_rate_limit_burst": 1, "outbox_size": 1}
+             "publish_rate_limit_burst": 1, "outbox_size": 1, "api_key_rate_limit_per_second": 0.001,
+             "api_key_rate_limit_burst": 1, "idempotency_ttl_s": 1.0}
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+MIN_API_KEY_CHARS = 24
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``API_KEYS="name1:secret1,name2:secret2"`` (commas or spaces between keys)."""
+    keys = []
+    for item in _list(env, "API_KEYS"):
+        name, colon, secret = item.partition(":")
+        if not colon:
+            raise ValueError("API_KEYS entries must be name:secret, got one without a ':'")
+        keys.append((name, secret))
+    return tuple(keys)
+
+
+def _check_api_keys(keys: tuple[tuple[str, str], ...]) -> None:
+    # The message never quotes a secret: it would land in a log.
+    names = [name for name, _ in keys]
+    for name, secret in keys:
+        if not _KEY_NAME.fullmatch(name):
+            raise ValueError(f"API_KEYS names must be 1-64 of A-Z a-z 0-9 _ . -, got {name!r}")
+        if len(secret) < MIN_API_KEY_CHARS:
+            raise ValueError(f"API_KEYS: the secret of {name!r} must be at least "
+                             f"{MIN_API_KEY_CHARS} characters")
+    if len(set(names)) != len(names) or len({secret for _, secret in keys}) != len(keys):
+        raise ValueError("API_KEYS: every key needs a name and a secret of its own")

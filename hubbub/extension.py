@@ -23,7 +23,7 @@ from hubbub.hub.backends.memory import MemoryBackend
 from hubbub.hub.hub import Hub
 from hubbub.hub.message import dumps
 from hubbub.limits import ConnectionLimits
-from hubbub.transports import http, hypercorn_bridge, site, sse, websocket
+from hubbub.transports import http, hypercorn_bridge, publishing, site, sse, websocket
 from hubbub.transports.asgi import LiveRouter
 from hubbub.transports.common import AuthenticateHook, PublishHook, Services, cors_headers
 
@@ -31,7 +31,7 @@ log = logging.getLogger("hubbub")
 
 HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                     405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
-                    429: "rate_limited", 503: "unavailable"}
+                    429: "rate_limited", 503: "unavailable"}  # werkzeug's own errors, as JSON
 
 
 def build_backend(settings: Settings) -> Backend:
@@ -90,6 +90,7 @@ class Hubbub:
         """The HTTP endpoints with their JSON errors and CORS, for this instance's routes only."""
         parent = Blueprint("hubbub", __name__)
         parent.register_blueprint(http.bp)
+        parent.register_blueprint(publishing.bp)
         parent.register_blueprint(site.bp)
         settings = self.settings
 

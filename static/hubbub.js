@@ -98,6 +98,12 @@ export function closeAction(code) {
 // Pure helpers
 // ---------------------------------------------------------------------------
 
+/** A fresh Idempotency-Key (crypto.randomUUID needs a secure context; plain http falls back). */
+function idempotencyKey() {
+  if (globalThis.crypto?.randomUUID) return globalThis.crypto.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+}
+
 /**
  * Reconnect delay with full jitter: uniform in [0, min(maxMs, minMs * 2^step)).
  * Full jitter spreads the clients of a restarted server over the whole window
@@ -606,7 +612,10 @@ export class Hubbub extends EventTarget {
   /** @param {Outgoing} item */
   async #post(item) {
     try {
-      const reply = await this.#authorized("POST", `${this.#roomPath("send()")}/messages`, { text: item.text });
+      // The same key on the retry after a refreshed token: the hub delivers the text once.
+      const headers = { "Idempotency-Key": idempotencyKey() };
+      const reply = await this.#authorized("POST", `${this.#roomPath("send()")}/messages`, { text: item.text },
+        headers);
       const { id } = await reply.json();
       this.#echo(item, String(id));
       item.resolve({ type: "ack", id: String(id), ref: item.ref });
@@ -633,23 +642,25 @@ export class Hubbub extends EventTarget {
   /**
    * A request with the bearer token; on 401 once more with a fresh one.
    * @param {string} method @param {string} path @param {unknown} [body]
+   * @param {Record<string, string>} [extraHeaders]
    */
-  async #authorized(method, path, body) {
+  async #authorized(method, path, body, extraHeaders) {
     try {
-      return await this.#request(method, path, await this.#token(), body);
+      return await this.#request(method, path, await this.#token(), body, extraHeaders);
     } catch (error) {
       if (!(error instanceof HubbubError) || error.status !== 401) throw error;
-      return this.#request(method, path, await this.#token(), body);
+      return this.#request(method, path, await this.#token(), body, extraHeaders);
     }
   }
 
   /**
    * @param {string} method @param {string} path @param {string | null} token @param {unknown} [body]
+   * @param {Record<string, string>} [extraHeaders]
    * @returns {Promise<Response>}
    */
-  async #request(method, path, token, body) {
+  async #request(method, path, token, body, extraHeaders = {}) {
     /** @type {Record<string, string>} */
-    const headers = token === null ? {} : { Authorization: `Bearer ${token}` };
+    const headers = token === null ? { ...extraHeaders } : { ...extraHeaders, Authorization: `Bearer ${token}` };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let reply;
     try {

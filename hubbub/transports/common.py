@@ -207,10 +207,13 @@ def ack_frame(message_id: str | None, ref: Any) -> str:
     return dumps({"type": "ack", "id": message_id, "ref": ref})
 
 
-async def take_token(svc: Services, key: str, rate_per_s: float, burst: int, what: str) -> None:
-    """Takes a token from ``key``'s bucket, or refuses ``what`` with 429 / error rate_limited."""
+async def take_token(svc: Services, key: str, rate_per_s: float, burst: int, what: str,
+                     cost: int = 1) -> None:
+    """Takes ``cost`` tokens from ``key``'s bucket, or refuses ``what`` with 429 / error rate_limited."""
+    if cost > burst:
+        raise RateLimited(f"{cost} at once is more than the burst of {burst}: send fewer")
     try:
-        wait_s = await svc.hub.backend.take_token(key, rate_per_s, burst)
+        wait_s = await svc.hub.backend.take_token(key, rate_per_s, burst, cost)
     except BackendUnavailable:
         raise Unavailable("the rate-limit backend is unreachable; retry later", retry_after=2) from None
     if wait_s > 0:
@@ -218,21 +221,30 @@ async def take_token(svc: Services, key: str, rate_per_s: float, burst: int, wha
 
 
 async def limit_chat(svc: Services, principal: Principal) -> None:
-    """The chat rate of a user, shared by WebSocket and POST (and by demo-login publishers)."""
+    """The chat rate of a user, shared by WebSocket and POST (and by demo-login publishers);
+    an API key (a backend's bot) posts within its own limit."""
+    if principal.api_key:
+        await limit_publisher(svc, principal)
+        return
     s = svc.settings
     await take_token(svc, f"rate:{principal.user}", s.rate_limit_per_second, s.rate_limit_burst,
                      "message")
 
 
-async def limit_publisher(svc: Services, principal: Principal) -> None:
-    """The publish rate of a token with scope notify: its own, higher limit; a demo-login token
-    is anyone's for the asking, so it gets the chat limit."""
-    if principal.demo:
-        await limit_chat(svc, principal)
-        return
+async def limit_publisher(svc: Services, principal: Principal, cost: int = 1) -> None:
+    """The rate of a publisher (notifications, /api/publish; ``cost`` events at once): an API
+    key's own limit, a token's (scope notify or publish), and the chat limit for a demo-login
+    token, which is anyone's for the asking."""
     s = svc.settings
-    await take_token(svc, f"publish:{principal.user}", s.publish_rate_limit_per_second,
-                     s.publish_rate_limit_burst, "publish")
+    if principal.api_key:
+        await take_token(svc, f"publish:key:{principal.user}", s.api_key_rate_limit_per_second,
+                         s.api_key_rate_limit_burst, "publish", cost)
+    elif principal.demo:
+        await take_token(svc, f"rate:{principal.user}", s.rate_limit_per_second, s.rate_limit_burst,
+                         "message", cost)
+    else:
+        await take_token(svc, f"publish:{principal.user}", s.publish_rate_limit_per_second,
+                         s.publish_rate_limit_burst, "publish", cost)
 
 
 async def publish_chat(svc: Services, principal: Principal, room: str, text: str,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, request
+from typing import Any
+
+from quart import Blueprint, Response, g, request
 
 from hubbub.auth import Principal, issue_ticket
 from hubbub.errors import BadRequest, Forbidden, TooLarge, Unauthorized, Unavailable
@@ -19,7 +21,8 @@ from hubbub.transports.common import (
     take_token,
     valid_room,
 )
-from hubbub.transports.inbound import chat_text_from_body, json_object
+from hubbub.transports.idempotency import idempotent
+from hubbub.transports.inbound import chat_text_from_body, json_object, text_from_body
 
 bp = Blueprint("http", __name__)
 
@@ -33,14 +36,15 @@ def _json(value: object, status: int = 200) -> Response:
     return Response(dumps(value), status=status, content_type="application/json")
 
 
-async def _body(svc: Services) -> bytes:
-    """The request body, refused past MAX_MESSAGE_BYTES before it is read whole."""
+async def request_body(svc: Services) -> bytes:
+    """The request body, refused past MAX_MESSAGE_BYTES before it is read whole (kept: the
+    Idempotency-Key check reads it too)."""
     limit = svc.settings.max_message_bytes
     if (request.content_length or 0) > limit:
         raise TooLarge(f"bodies are limited to {limit} bytes")
     request.max_content_length = limit
     try:
-        data = await request.get_data(cache=False, as_text=False)
+        data = await request.get_data(cache=True, as_text=False)
         return data if isinstance(data, bytes) else data.encode()
     except Exception as exc:  # werkzeug's RequestEntityTooLarge for chunked bodies
         if getattr(exc, "code", None) == 413:
@@ -48,16 +52,21 @@ async def _body(svc: Services) -> bytes:
         raise
 
 
-async def _principal(svc: Services) -> Principal:
-    return await require_principal(svc, request)
+async def current_principal(svc: Services) -> Principal:
+    """The caller (once per request: the Idempotency-Key check may have asked already)."""
+    principal = getattr(g, "hubbub_principal", None)
+    if principal is None:
+        principal = g.hubbub_principal = await require_principal(svc, request)
+    return principal  # type: ignore[no-any-return]
 
 
 @bp.post("/api/rooms/<room>/messages")
+@idempotent
 async def post_message(room: str) -> Response:
     svc = services()
     room = valid_room(room)
-    principal = await _principal(svc)
-    text = chat_text_from_body(request.content_type or "", await _body(svc))
+    principal = await current_principal(svc)
+    text = chat_text_from_body(request.content_type or "", await request_body(svc))
     message = await publish_chat(svc, principal, room, text)
     return _json({"id": message.id}, 202)
 
@@ -66,7 +75,7 @@ async def post_message(room: str) -> Response:
 async def get_messages(room: str) -> Response:
     svc = services()
     room = valid_room(room)
-    principal = await _principal(svc)
+    principal = await current_principal(svc)
     principal.require_room(room)
     raw_limit = request.args.get("limit", str(DEFAULT_HISTORY_LIMIT))
     # isascii() and the length: str.isdigit() also accepts "²" and 5000 digits, which int() refuses.
@@ -91,7 +100,7 @@ async def get_messages(room: str) -> Response:
 async def get_presence(room: str) -> Response:
     svc = services()
     room = valid_room(room)
-    principal = await _principal(svc)
+    principal = await current_principal(svc)
     principal.require_room(room)
     try:
         users = await svc.hub.presence(room_channel(room))
@@ -101,19 +110,29 @@ async def get_presence(room: str) -> Response:
 
 
 @bp.post("/api/notifications")
+@idempotent
 async def post_notification() -> Response:
     svc = services()
-    principal = await _principal(svc)
+    principal = await current_principal(svc)
     principal.require_scope("notify")
     await limit_publisher(svc, principal)
-    body = json_object(request.content_type or "", await _body(svc))
+    raw = await request_body(svc)
+    mimetype = (request.content_type or "").split(";", 1)[0].strip().lower()
+    if mimetype in ("text/plain", "application/x-www-form-urlencoded", ""):
+        # curl -d 'Deploy at 5' .../api/notifications?user=bob (or ?broadcast=1), as ntfy takes it
+        body: dict[str, Any] = {"data": {"message": text_from_body(raw)},
+                                "user": request.args.get("user")}
+        if request.args.get("broadcast") in ("1", "true", "yes"):
+            body["broadcast"] = True
+    else:
+        body = json_object(request.content_type or "", raw)
     if "data" not in body:
         raise BadRequest("'data' is required (any JSON value)")
     user, to_all = body.get("user"), body.get("broadcast")
     if to_all is not True and (not isinstance(user, str) or not user or len(user) > 128):
-        raise BadRequest('give "user": "ID" or "broadcast": true')
+        raise BadRequest('give "user": "ID" or "broadcast": true (a plain body: ?user=ID or ?broadcast=1)')
     if to_all is True and user is not None:
-        raise BadRequest('give either "user" or "broadcast": true, not both')
+        raise BadRequest('give either "user" or "broadcast": true, not both (?user=ID or ?broadcast=1)')
     channel = BROADCAST if to_all is True else user_channel(user)  # type: ignore[arg-type]
     notification = await checked_by_hook(svc, principal, channel,
                                          {"type": "notification", "data": body["data"]})
@@ -128,7 +147,7 @@ async def post_notification() -> Response:
 @bp.post("/auth/ticket")
 async def post_ticket() -> Response:
     svc = services()
-    principal = await _principal(svc)
+    principal = await current_principal(svc)
     left = principal.seconds_left()
     if left is not None and left <= 0:  # within the verify leeway, but its ticket would be refused
         raise Unauthorized("token expired")
@@ -146,7 +165,7 @@ async def post_demo_token() -> Response:
     svc = services()
     if not svc.settings.demo_login_enabled or not svc.authenticator.can_issue:
         raise Forbidden("demo login is disabled (JWT_SECRET is set and DEMO_LOGIN is not 1)")
-    body = json_object(request.content_type or "", await _body(svc))
+    body = json_object(request.content_type or "", await request_body(svc))
     user = body.get("user")
     if not isinstance(user, str) or not valid_demo_user(user):
         raise BadRequest(f"'user' must be 1-{_DEMO_USER_MAX} characters of A-Z a-z 0-9 _ . -")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from typing import Any
 
 from sse_starlette.event import ServerSentEvent
@@ -88,28 +87,44 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
     connection_id = new_connection_id()
     bridge = Bridge.attach(send)
     svc.watch_server_shutdown(bridge)
-    async with AsyncExitStack() as slots:
-        try:  # refused with an HTTP status before the stream starts
-            await slots.enter_async_context(svc.limits.process_slot())
-            await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
+    try:  # refused with an HTTP status before the stream starts
+        svc.limits.acquire()
+    except HubError as error:
+        await send_error(send, request, svc.settings, error)
+        return
+    try:
+        try:
+            await svc.limits.acquire_user(principal.user, connection_id)
         except HubError as error:
             await send_error(send, request, svc.settings, error)
             return
-        svc.metrics.connections_opened += 1
-        started = False
         try:
-            async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
-                await send(start)
-                started = True
-                connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge)
-                await connection.greet(welcome_frame(channels[0], principal.user, sub.recovered,
-                                                     svc.settings.heartbeat_interval_s))
-                await connection.run(receive)
-        except BackendUnavailable:
-            if not started:
-                await send(start)
-            await send({"type": "http.response.body", "body": _retry_event(_BACKEND_DOWN_EVENT),
-                        "more_body": False})
+            await _serve(svc, request, receive, send, bridge, principal, channels, room, cursor,
+                         connection_id, start)
+        finally:
+            await svc.limits.release_user(principal.user, connection_id)
+    finally:
+        svc.limits.release()
+
+
+async def _serve(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
+                 principal: Principal, channels: tuple[str, ...], room: str | None, cursor: str | None,
+                 connection_id: str, start: dict[str, Any]) -> None:
+    svc.metrics.connections_opened += 1
+    started = False
+    try:
+        async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
+            await send(start)
+            started = True
+            connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge)
+            await connection.greet(welcome_frame(channels[0], principal.user, sub.recovered,
+                                                 svc.settings.heartbeat_interval_s))
+            await connection.run(receive)
+    except BackendUnavailable:
+        if not started:
+            await send(start)
+        await send({"type": "http.response.body", "body": _retry_event(_BACKEND_DOWN_EVENT),
+                    "more_body": False})
 
 
 class SSEConnection(LiveConnection):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from typing import Any
 
 from hubbub.auth import AUTH_FRAME_TIMEOUT_S, Principal
@@ -75,17 +74,19 @@ async def echo(svc: Services, request: Request, receive: Receive, send: Send) ->
     if svc.draining:
         await _refuse_while_draining(send, bridge)
         return
-    async with AsyncExitStack() as stack:
-        try:
-            check_origin(svc.settings, request.headers, request.host)
-            await stack.enter_async_context(svc.limits.process_slot())
-        except HubError as error:
-            await reject_upgrade(send, request, error)
-            return
-        subscription = await stack.enter_async_context(svc.hub.subscribe(()))
-        svc.metrics.connections_opened += 1
-        await send({"type": "websocket.accept"})
-        await EchoConnection(svc, None, subscription, request.scope, send, None, bridge).run(receive)
+    try:
+        check_origin(svc.settings, request.headers, request.host)
+        svc.limits.acquire()
+    except HubError as error:
+        await reject_upgrade(send, request, error)
+        return
+    try:
+        async with svc.hub.subscribe(()) as subscription:
+            svc.metrics.connections_opened += 1
+            await send({"type": "websocket.accept"})
+            await EchoConnection(svc, None, subscription, request.scope, send, None, bridge).run(receive)
+    finally:
+        svc.limits.release()
 
 
 async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
@@ -163,14 +164,20 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                  room: str | None) -> None:
     """Counts the connection, accepts, subscribes, and serves it until the peer is gone."""
     connection_id = new_connection_id()
-    async with AsyncExitStack() as slots:
-        try:  # refused before the upgrade, with an HTTP status the client can read
-            await slots.enter_async_context(svc.limits.process_slot())
-            if principal is not None:
-                await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
-        except HubError as error:
-            await reject_upgrade(send, request, error)
-            return
+    user: str | None = None  # whose connection slot this holds, once it does
+    try:  # refused before the upgrade, with an HTTP status the client can read
+        svc.limits.acquire()
+    except HubError as error:
+        await reject_upgrade(send, request, error)
+        return
+    try:
+        if principal is not None:
+            try:
+                await svc.limits.acquire_user(principal.user, connection_id)
+                user = principal.user
+            except HubError as error:
+                await reject_upgrade(send, request, error)
+                return
         accepted = principal is None
         if principal is None:
             await send({"type": "websocket.accept"})
@@ -179,33 +186,40 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                 if room is not None:
                     principal.require_room(room)
                 refuse_while_draining(svc)
-                await slots.enter_async_context(svc.limits.user_slot(principal.user, connection_id))
+                await svc.limits.acquire_user(principal.user, connection_id)
+                user = principal.user
             except PeerLeft:
                 return
             except HubError as error:
                 svc.metrics.auth_failures += error.status == 401
                 await _close(send, bridge, Closing(error.close_code, error.detail[:120]))
                 return
-        if channels is None:
-            channels = notification_channels(principal.user)
-        svc.metrics.connections_opened += 1
-        try:
-            async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
-                                         connection_id=connection_id) as subscription:
-                if not accepted:
-                    await send({"type": "websocket.accept"})
-                    accepted = True
-                connection = WebSocketConnection(svc, principal, subscription, request.scope, send,
-                                                 room, bridge)
-                await connection.greet(welcome_frame(
-                    channels[0], principal.user, subscription.recovered,
-                    svc.settings.heartbeat_interval_s,
-                ))
-                await connection.run(receive)
-        except BackendUnavailable:
+        await _subscribe_and_run(svc, request, receive, send, bridge, principal, connection_id,
+                                 channels or notification_channels(principal.user), room, accepted)
+    finally:
+        if user is not None:
+            await svc.limits.release_user(user, connection_id)
+        svc.limits.release()
+
+
+async def _subscribe_and_run(svc: Services, request: Request, receive: Receive, send: Send,
+                             bridge: Bridge | None, principal: Principal, connection_id: str,
+                             channels: tuple[str, ...], room: str | None, accepted: bool) -> None:
+    svc.metrics.connections_opened += 1
+    try:
+        async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
+                                     connection_id=connection_id) as subscription:
             if not accepted:
                 await send({"type": "websocket.accept"})
-            await _close(send, bridge, BACKEND_DOWN)
+                accepted = True
+            connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room, bridge)
+            await connection.greet(welcome_frame(channels[0], principal.user, subscription.recovered,
+                                                 svc.settings.heartbeat_interval_s))
+            await connection.run(receive)
+    except BackendUnavailable:
+        if not accepted:
+            await send({"type": "websocket.accept"})
+        await _close(send, bridge, BACKEND_DOWN)
 
 
 class WebSocketConnection(LiveConnection):

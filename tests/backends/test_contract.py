@@ -269,6 +269,40 @@ async def test_take_token_allows_a_burst_then_refuses_then_refills(backend: Back
     assert await poll(refilled, timeout=2)
 
 
+async def test_take_token_cost_takes_several_at_once(backend: Backend) -> None:
+    assert await backend.take_token("batch", 0.01, 10, cost=7) == 0.0
+    wait = await backend.take_token("batch", 0.01, 10, cost=7)  # 3 left: 4 short, at 0.01/s
+    assert 399 < wait < 401
+    assert await backend.take_token("batch", 0.01, 10, cost=3) == 0.0
+
+
+async def test_idempotency_claim_new_pending_done_mismatch(backend: Backend) -> None:
+    assert await backend.idempotency_claim("k", "fp1", "n1", 60) == ("new", None)
+    assert await backend.idempotency_claim("k", "fp1", "n1", 60) == ("new", None)  # its own retry
+    assert await backend.idempotency_claim("k", "fp1", "n2", 60) == ("pending", None)
+    assert await backend.idempotency_claim("k", "fp2", "n3", 60) == ("mismatch", None)
+    await backend.idempotency_complete("k", "fp1", '202 {"id":"e-1"}', 60)
+    assert await backend.idempotency_claim("k", "fp1", "n4", 60) == ("done", '202 {"id":"e-1"}')
+    assert await backend.idempotency_claim("k", "fp2", "n5", 60) == ("mismatch", None)
+
+
+async def test_idempotency_release_lets_a_retry_run_again(backend: Backend) -> None:
+    assert await backend.idempotency_claim("r", "fp", "first", 60) == ("new", None)
+    await backend.idempotency_release("r", "other")  # not its claim: kept
+    assert await backend.idempotency_claim("r", "fp", "second", 60) == ("pending", None)
+    await backend.idempotency_release("r", "first")
+    assert await backend.idempotency_claim("r", "fp", "second", 60) == ("new", None)
+
+
+async def test_idempotency_pending_claim_lapses(backend: Backend) -> None:
+    assert await backend.idempotency_claim("p", "fp", "died", 0.2) == ("new", None)
+
+    async def lapsed() -> bool:
+        return await backend.idempotency_claim("p", "fp", "next", 0.2) == ("new", None)
+
+    assert await poll(lapsed, timeout=3)
+
+
 async def test_connection_add_refuses_past_the_limit_and_remove_frees_a_slot(
     backend: Backend,
 ) -> None:

@@ -146,14 +146,19 @@ async def test_notifications_post_bad_body_400(live_server: LiveServer, body: ob
     assert (reply.status_code, reply.json()["error"]) == (400, "bad_request")
 
 
-async def test_notifications_post_not_json_415_malformed_400(live_server: LiveServer) -> None:
+async def test_notifications_post_unknown_type_415_malformed_or_untargeted_400(
+        live_server: LiveServer) -> None:
     headers = bearer(live_server.token("admin", scope="notify"))
     async with live_server.http() as client:
-        plain = await client.post("/api/notifications", content=b"hi", headers=headers)
+        xml = await client.post("/api/notifications", content=b"<hi/>",
+                                headers={**headers, "Content-Type": "application/xml"})
         broken = await client.post("/api/notifications", content=b"{nope",
                                    headers={**headers, "Content-Type": "application/json"})
-    assert (plain.status_code, plain.json()["error"]) == (415, "unsupported_media_type")
+        untargeted = await client.post("/api/notifications", content=b"hi", headers=headers)
+    assert (xml.status_code, xml.json()["error"]) == (415, "unsupported_media_type")
     assert (broken.status_code, broken.json()["error"]) == (400, "bad_request")
+    assert (untargeted.status_code, untargeted.json()["error"]) == (400, "bad_request")
+    assert "?user=ID" in untargeted.json()["detail"]  # a plain body names its target in the URL
 
 
 @pytest.mark.parametrize("target", ['"user":"bob"', '"broadcast":true'])

@@ -340,6 +340,31 @@ describe("Hubbub client", () => {
     assert.deepEqual(of("message").map((m) => m.id), ["e-101"]);
   });
 
+  test("test_client_sse_post_sends_one_idempotency_key_kept_on_the_token_retry", async () => {
+    // A POST retried after a 401 (a fresh token) carries the same Idempotency-Key, so the hub
+    // delivers the text once even if the first attempt was not a plain refusal.
+    const http = fakeFetch();
+    const keys = [];
+    let refusals = 0;
+    const fetch = async (url, init) => {
+      if (init.method === "POST" && new URL(url).pathname.startsWith("/api/")) {
+        keys.push(init.headers["Idempotency-Key"]);
+        if (refusals++ === 0) return json(401, { error: "unauthorized", detail: "token expired" });
+      }
+      return http.fetch(url, init);
+    };
+    const { client } = makeClient({ transport: "sse", fetch });
+    client.connect();
+    await until(() => FakeEventSource.all.length === 1);
+    FakeEventSource.all[0].receive({ type: "welcome", user: "alice", recovered: null, heartbeat: 15 });
+    await client.send("once");
+    await client.send("twice");
+    assert.equal(keys.length, 3);
+    assert.ok(keys.every((key) => typeof key === "string" && key.length >= 16));
+    assert.equal(keys[0], keys[1], "the retry keeps the key");
+    assert.notEqual(keys[1], keys[2], "another send, another key");
+  });
+
   test("test_client_sse_error_closes_source_and_reconnects_with_fresh_ticket", async () => {
     const { client } = makeClient({ transport: "sse" });
     client.connect();

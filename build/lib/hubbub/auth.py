@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hmac
 import json
 import secrets
 import time
@@ -37,6 +38,7 @@ class Principal:
     rooms: tuple[str, ...] | None = None  # glob patterns; None = every room
     expires_at: float | None = None  # Unix time
     demo: bool = False  # from the demo login: publishes within the chat rate limit
+    api_key: bool = False  # an API key (API_KEYS): a backend, with its own publish rate limit
 
     def may_join(self, room: str) -> bool:
         if self.rooms is None:
@@ -112,13 +114,27 @@ def _jwt_error_detail(error: jwt.PyJWTError) -> str:
     return "invalid token"
 
 
+API_KEY_SCOPES = frozenset({"publish", "notify"})
+
+
 class Authenticator:
-    """Verifies tokens with the configured key; issues demo and command-line tokens."""
+    """Verifies tokens with the configured key and API keys; issues demo and command-line tokens."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._verify_key = settings.jwt_public_key or settings.jwt_secret
         self.can_issue = bool(settings.jwt_secret) and not settings.jwt_public_key
+        self._api_keys = [(name, secret.encode()) for name, secret in settings.api_keys]
+
+    def api_key(self, secret: str) -> Principal | None:
+        """The backend an API key names, or None. Every key is compared, in constant time,
+        so how long it takes says nothing about which key came close."""
+        given = secret.encode()
+        found = None
+        for name, key in self._api_keys:
+            if hmac.compare_digest(given, key):
+                found = name
+        return None if found is None else Principal(found, scopes=API_KEY_SCOPES, api_key=True)
 
     def verify(self, token: str) -> Principal:
         s = self._settings
@@ -201,7 +217,16 @@ async def authenticate(
 
     None when the request carries none of them; Unauthorized when one is wrong.
     """
-    token = bearer_token(headers) or args.get("token")
+    key = headers.get("X-API-Key")
+    if key:  # headers only: a key never sits in a URL or a log
+        principal = authenticator.api_key(key)
+        if principal is None:
+            raise Unauthorized("unknown API key")
+        return principal
+    bearer = bearer_token(headers)
+    if bearer and (principal := authenticator.api_key(bearer)) is not None:
+        return principal
+    token = bearer or args.get("token")
     if token:
         return authenticator.verify(token)
     ticket = args.get("ticket")

@@ -111,3 +111,15 @@ class HookFailed(HubError):
     """A hook of the host app raised: logged once; the client gets an error, not a dead connection."""
 
     code, status, close_code = "internal_error", 500, Close.INTERNAL_ERROR
+
+
+class IdempotencyMismatch(HubError):
+    """An Idempotency-Key used again with another body."""
+
+    code, status, close_code = "idempotency_mismatch", 422, Close.BAD_REQUEST
+
+
+class IdempotencyInProgress(HubError):
+    """An Idempotency-Key whose first request is still running."""
+
+    code, status, close_code = "idempotency_in_progress", 409, Close.TRY_AGAIN_LATER

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 SWEEP_MIN_S, SWEEP_MAX_S = 0.5, 30.0  # the sweep runs every HISTORY_TTL / 2, within these
 SWEEP_BATCH = 1000  # entries freed between two yields to the event loop
+# Idempotency keys kept at most (each ~0.3 KB): past it the oldest go first, so a retry
+# later than that many newer keys is published again. Redis keeps them for IDEMPOTENCY_TTL.
+MAX_IDEMPOTENCY_KEYS = 100_000
 
 V = TypeVar("V")
 
@@ -72,6 +75,8 @@ class MemoryBackend:
         self._histories: OrderedDict[str, _ChannelHistory] = OrderedDict()
         self._buckets: OrderedDict[str, tuple[float, float, float]] = OrderedDict()  # tokens, at, full at
         self._tickets: OrderedDict[str, tuple[float, str]] = OrderedDict()  # expires at, payload
+        # Idempotency-Key -> (expires at, fingerprint, nonce of a claim, stored response or None)
+        self._idempotency: OrderedDict[str, tuple[float, str, str, str | None]] = OrderedDict()
         # What an expired history lost, without keeping a counter per channel ever used (the
         # Redis backend keeps m:CH for HISTORY_TTL + 7 days; here that would grow with every
         # channel name): the channel's last seq for one more TTL, then folded into one
@@ -103,6 +108,7 @@ class MemoryBackend:
         """Entries held, by kind: for a gauge that must fall back once traffic stops."""
         return {"channels": len(self._histories), "tombstones": len(self._tombstones),
                 "buckets": len(self._buckets), "tickets": len(self._tickets),
+                "idempotency_keys": len(self._idempotency),
                 "presence_channels": len(self._presence), "connection_users": len(self._connections)}
 
     async def subscribe(self, channel: str) -> None:
@@ -194,6 +200,7 @@ class MemoryBackend:
         # A full bucket is the same as none; its entry is freed once refilled.
         freed += len(_pop_expired(self._buckets, lambda b: b[2] <= now, budget - freed))
         freed += len(_pop_expired(self._tickets, lambda t: t[0] <= now, budget - freed))
+        freed += len(_pop_expired(self._idempotency, lambda i: i[0] <= now, budget - freed))
         return freed >= budget
 
     async def presence_add(self, channel: str, user: str, connection: str) -> bool:
@@ -218,15 +225,15 @@ class MemoryBackend:
     async def presence(self, channel: str) -> dict[str, int]:
         return {user: len(c) for user, c in self._presence.get(channel, {}).items()}
 
-    async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+    async def take_token(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> float:
         now = time.monotonic()
         tokens, stamp, _ = self._buckets.pop(key, (float(burst), now, now))  # re-added at the end
         tokens = min(float(burst), tokens + (now - stamp) * rate_per_s)
         wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
+        if tokens >= cost:
+            tokens -= cost
         else:
-            wait = (1.0 - tokens) / rate_per_s
+            wait = (cost - tokens) / rate_per_s
         self._buckets[key] = (tokens, now, now + (burst - tokens) / rate_per_s)
         return wait
 
@@ -247,6 +254,34 @@ class MemoryBackend:
             connections.discard(connection)
             if not connections:
                 del self._connections[user]
+
+    async def idempotency_claim(self, key: str, fingerprint: str, nonce: str,
+                                pending_ttl_s: float) -> tuple[str, str | None]:
+        now = time.monotonic()
+        entry = self._idempotency.get(key)
+        if entry is not None and entry[0] <= now:
+            del self._idempotency[key]
+            entry = None
+        if entry is None:
+            self._idempotency[key] = (now + pending_ttl_s, fingerprint, nonce, None)
+            while len(self._idempotency) > MAX_IDEMPOTENCY_KEYS:  # the oldest first
+                self._idempotency.popitem(last=False)
+            return "new", None
+        _, stored_fingerprint, stored_nonce, response = entry
+        if stored_fingerprint != fingerprint:
+            return "mismatch", None
+        if response is not None:
+            return "done", response
+        return ("new" if stored_nonce == nonce else "pending"), None
+
+    async def idempotency_complete(self, key: str, fingerprint: str, response: str, ttl_s: float) -> None:
+        self._idempotency.pop(key, None)
+        self._idempotency[key] = (time.monotonic() + ttl_s, fingerprint, "", response)
+
+    async def idempotency_release(self, key: str, nonce: str) -> None:
+        entry = self._idempotency.get(key)
+        if entry is not None and entry[3] is None and entry[2] == nonce:
+            del self._idempotency[key]
 
     async def store_ticket(self, ticket: str, payload: str, ttl_s: float) -> None:
         self._tickets.pop(ticket, None)

@@ -1,8 +1,17 @@
 """The Lua scripts of the Redis backend: each runs atomically on the Redis server.
 
 Every script that changes state and may be re-sent by redis-py's retry after a lost
-reply takes a once-key, so a retry returns the first run's result.
+reply takes a once-key, so a retry returns the first run's result. ``publish_call`` is
+the one way to call PUBLISH_LUA: the backend and hubbub.client's emitters share it, so a
+message published from a worker is the same as one published by a server.
 """
+
+from __future__ import annotations
+
+import secrets
+
+# Per-channel counters outlive the stream, so a client back after the stream expired is told.
+META_EXTRA_TTL_S = 7 * 24 * 3600.0
 
 # Assigns the id (epoch created once in KEYS[1], one global seq), appends, trims, publishes.
 # Wire: 'm' json ['\n' origin] (compact JSON has no raw newline); live frames: 'l' json.
@@ -102,12 +111,12 @@ local done = redis.call('GET', KEYS[2])
 if done then return done end
 local t = redis.call('TIME')
 local now = t[1] + t[2] / 1000000
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3] or 1)
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
 tokens = math.min(burst, tokens + math.max(0, now - (tonumber(b[2]) or now)) * rate)
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 redis.call('SET', KEYS[2], tostring(wait), 'PX', 60000)
@@ -148,3 +157,42 @@ end
 redis.call('SET', KEYS[2], result, 'PX', 60000)
 return result
 """
+
+# An Idempotency-Key: KEYS[1] holds 'p:' fingerprint ':' nonce while a request runs (pending,
+# expiring soon in case its process dies), then 'd:' fingerprint ':' response for the TTL.
+# claim: ARGV fingerprint, nonce, pending ttl -> {state, response}; the nonce makes a retried
+# claim (after a lost reply) find its own pending entry 'new' again, not 'pending'.
+IDEMPOTENCY_CLAIM_LUA = """
+local value = redis.call('GET', KEYS[1])
+if not value then
+  redis.call('SET', KEYS[1], 'p:' .. ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+  return {'new', ''}
+end
+local n = #ARGV[1]
+if string.sub(value, 3, 2 + n) ~= ARGV[1] then return {'mismatch', ''} end
+if string.sub(value, 1, 1) == 'd' then return {'done', string.sub(value, 4 + n)} end
+if string.sub(value, 4 + n) == ARGV[2] then return {'new', ''} end
+return {'pending', ''}
+"""
+
+# release: KEYS[1], ARGV nonce: forgets a pending claim of this nonce (its request failed).
+IDEMPOTENCY_RELEASE_LUA = """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, 1) == 'p' and string.sub(value, -#ARGV[1] - 1) == ':' .. ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def publish_call(prefix: str, channel: str, body_json: str, *, history_size: int, history_ttl_s: float,
+                 origin: str | None = None) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of PUBLISH_LUA for ``body_json`` (an encoded body without its id)."""
+    ttl_ms = max(1, int(history_ttl_s * 1000))
+    keys = [f"{prefix}clock", f"{prefix}h:{channel}", f"{prefix}m:{channel}",
+            f"{prefix}once:{secrets.token_hex(8)}"]  # fixed per call: a retry re-sends it
+    args: list[str | int] = [secrets.token_hex(4), body_json, history_size, ttl_ms,
+                             int((history_ttl_s + META_EXTRA_TTL_S) * 1000), f"{prefix}c:{channel}"]
+    if origin is not None:
+        args.append(origin)
+    return keys, args

@@ -8,6 +8,7 @@ on its way to subscribers, on this process or any other.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,20 @@ def encode_body(channel: str, body: dict[str, Any], sender: str | None) -> str:
     stamped["sender"] = sender
     stamped["timestamp"] = timestamp_now()
     return dumps(stamped)
+
+
+# hubbub's own frames: a published event may not pass for one of them.
+RESERVED_TYPES = frozenset({"welcome", "ack", "error", "join", "leave", "resync", "pong", "presence"})
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def check_event_type(kind: str) -> str:
+    """An event's ``type``: 1-64 of A-Z a-z 0-9 _ . : - and none of hubbub's own; else ValueError."""
+    if not isinstance(kind, str) or not _EVENT_TYPE.fullmatch(kind):
+        raise ValueError(f"'type' must be 1-64 of A-Z a-z 0-9 _ . : -, got {kind!r}"[:200])
+    if kind in RESERVED_TYPES:
+        raise ValueError(f"'type' may not be {kind!r}: that is one of hubbub's own frames")
+    return kind
 
 
 def presence_frame(kind: str, channel: str, user: str) -> str:

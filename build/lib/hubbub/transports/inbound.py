@@ -115,6 +115,25 @@ def chat_text_from_body(content_type: str, body: bytes) -> str:
     )
 
 
+def json_value(content_type: str, body: bytes) -> Any:
+    """A JSON body (object or array), for endpoints that only take JSON."""
+    mimetype = content_type.split(";", 1)[0].strip().lower()
+    if mimetype != "application/json":
+        raise UnsupportedMediaType(f"content type {mimetype!r} not supported: use application/json")
+    value = _loads(body)
+    # Any string in it may be relayed whole (event data), so check them all at once.
+    _unicode(json.dumps(value, ensure_ascii=False), "the body")
+    return value
+
+
+def text_from_body(body: bytes) -> str:
+    """A plain body as text (``text/plain``, or what a bare ``curl -d`` sends)."""
+    try:
+        return valid_text(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the body must be UTF-8 text") from None
+
+
 def json_object(content_type: str, body: bytes) -> dict[str, Any]:
     """A JSON object body, for endpoints that only take JSON."""
     mimetype = content_type.split(";", 1)[0].strip().lower()

@@ -70,10 +70,25 @@ class Backend(Protocol):
     async def presence(self, channel: str) -> dict[str, int]:
         """Live connections per user in ``channel``, across every process."""
 
-    async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
-        """Takes one token from ``key``'s bucket: 0.0 if taken, else seconds until one is free.
+    async def take_token(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> float:
+        """Takes ``cost`` tokens from ``key``'s bucket: 0.0 if taken, else seconds until they are.
 
-        Idempotent per call: a retry after a lost reply does not take a second token."""
+        Idempotent per call: a retry after a lost reply does not take them twice."""
+
+    async def idempotency_claim(self, key: str, fingerprint: str, nonce: str,
+                                pending_ttl_s: float) -> tuple[str, str | None]:
+        """Claims an Idempotency-Key for a request whose body hashes to ``fingerprint``.
+
+        ("new", None): this call (``nonce``) runs the request; the claim lapses after
+        ``pending_ttl_s`` unless completed. ("done", response): it already ran: answer the
+        same. ("pending", None): another call runs it now. ("mismatch", None): the key was
+        used with another body. Atomic across processes."""
+
+    async def idempotency_complete(self, key: str, fingerprint: str, response: str, ttl_s: float) -> None:
+        """Keeps the response of a claimed key for ``ttl_s`` seconds."""
+
+    async def idempotency_release(self, key: str, nonce: str) -> None:
+        """Forgets this call's pending claim (the request failed: a retry may run it)."""
 
     async def connection_add(self, user: str, connection: str, limit: int) -> bool:
         """Counts a live connection of ``user`` across every process, atomically; False (and

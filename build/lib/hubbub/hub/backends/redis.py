@@ -24,7 +24,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from hubbub.hub.backends.base import BackendUnavailable, Deliver
-from hubbub.hub.backends.redis_scripts import CONNECTIONS_LUA, PRESENCE_LUA, PUBLISH_LUA, TAKE_TOKEN_LUA
+from hubbub.hub.backends.redis_scripts import (
+    CONNECTIONS_LUA,
+    IDEMPOTENCY_CLAIM_LUA,
+    IDEMPOTENCY_RELEASE_LUA,
+    PRESENCE_LUA,
+    PUBLISH_LUA,
+    TAKE_TOKEN_LUA,
+    publish_call,
+)
 from hubbub.hub.message import Cursor, History, Message, format_id, presence_frame, with_id
 
 log = logging.getLogger(__name__)
@@ -34,8 +42,6 @@ SUBSCRIBE_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 2.0
 IDLE_PING_S = 10.0  # an idle pub/sub connection is pinged; no reply in as long again drops it
 RENEW_BATCH = 500  # connections renewed per script call (a few ms of Redis time)
-# Per-channel counters outlive the stream, so a client back after the stream expired is told.
-META_EXTRA_TTL_S = 7 * 24 * 3600.0
 RESYNC_FRAME = '{"type":"resync"}'
 
 
@@ -58,7 +64,8 @@ class RedisBackend:
     """Backend on one Redis shared by every process; every key and topic is under ``prefix``.
 
     Keys: clock {epoch, seq}; h:CH stream; m:CH {epoch, last, dropped}; p:CH, pu:CH presence;
-    cn:USER live connections; tb:KEY token bucket; t:TICKET; once:ID a call's first result.
+    cn:USER live connections; tb:KEY token bucket; t:TICKET; once:ID a call's first result;
+    idem:KEY an Idempotency-Key's fingerprint and response.
     Pub/sub topic: c:CH.
     """
 
@@ -80,8 +87,7 @@ class RedisBackend:
         self._pubsub_client = aioredis.from_url(url, client_name=name, **common)
         self._prefix = prefix
         self._size = history_size
-        self._ttl_ms = max(1, int(history_ttl_s * 1000))
-        self._meta_ttl_ms = int((history_ttl_s + META_EXTRA_TTL_S) * 1000)
+        self._ttl_s = history_ttl_s
         self._presence_ttl_s = presence_ttl_s
         self._presence_ttl_ms = int(presence_ttl_s * 1000)
         self._clock = f"{prefix}clock"
@@ -89,6 +95,8 @@ class RedisBackend:
         self._presence = self._client.register_script(PRESENCE_LUA)
         self._take_token = self._client.register_script(TAKE_TOKEN_LUA)
         self._connections = self._client.register_script(CONNECTIONS_LUA)
+        self._idempotency_claim = self._client.register_script(IDEMPOTENCY_CLAIM_LUA)
+        self._idempotency_release = self._client.register_script(IDEMPOTENCY_RELEASE_LUA)
         self._deliver: Deliver | None = None
         # Subscribed channel -> newest seq delivered (or known to precede the subscription).
         self._last: dict[str, int] = {}
@@ -176,13 +184,8 @@ class RedisBackend:
             log.debug("unsubscribe of %r not sent; the reconnect leaves it out", channel)
 
     async def publish(self, channel: str, body_json: str, origin: str | None = None) -> Message:
-        # The once-key is fixed per call: redis-py's retry re-sends the same arguments.
-        keys = [self._clock, self._key("h", channel), self._key("m", channel),
-                self._once_key()]
-        args: list[str | int] = [secrets.token_hex(4), body_json, self._size, self._ttl_ms,
-                                 self._meta_ttl_ms, self._topic(channel)]
-        if origin is not None:
-            args.append(origin)
+        keys, args = publish_call(self._prefix, channel, body_json, history_size=self._size,
+                                  history_ttl_s=self._ttl_s, origin=origin)
         with _unavailable():
             epoch, seq = await self._publish(keys=keys, args=args)
         return Message(channel, with_id(format_id(epoch, seq), body_json), seq, epoch, origin)
@@ -265,10 +268,26 @@ class RedisBackend:
         for user in users:
             await self.publish_live(channel, presence_frame("leave", channel, user))
 
-    async def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+    async def take_token(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> float:
         keys = [self._key("tb", key), self._once_key()]
         with _unavailable():
-            return float(await self._take_token(keys=keys, args=[repr(rate_per_s), burst]))
+            return float(await self._take_token(keys=keys, args=[repr(rate_per_s), burst, cost]))
+
+    async def idempotency_claim(self, key: str, fingerprint: str, nonce: str,
+                                pending_ttl_s: float) -> tuple[str, str | None]:
+        with _unavailable():
+            state, response = await self._idempotency_claim(
+                keys=[self._key("idem", key)], args=[fingerprint, nonce, max(1, int(pending_ttl_s * 1000))])
+        return state, (response if state == "done" else None)
+
+    async def idempotency_complete(self, key: str, fingerprint: str, response: str, ttl_s: float) -> None:
+        with _unavailable():
+            await self._client.set(self._key("idem", key), f"d:{fingerprint}:{response}",
+                                   px=max(1, int(ttl_s * 1000)))
+
+    async def idempotency_release(self, key: str, nonce: str) -> None:
+        with _unavailable():
+            await self._idempotency_release(keys=[self._key("idem", key)], args=[nonce])
 
     async def connection_add(self, user: str, connection: str, limit: int) -> bool:
         entry = (user, connection)
