@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import site
 import socket
 import sys
@@ -32,8 +33,15 @@ async def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 
 async def test_wheel_installed_in_a_project_with_its_own_app_package_serves_the_client(
         tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves a build/ folder where it builds.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("hubbub", "static"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     await run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"),
-              str(ROOT), cwd=tmp_path)
+              str(source), cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("hubbub-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert not any(name.startswith("app/") for name in names)  # no clash with a project's app

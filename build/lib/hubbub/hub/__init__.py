@@ -1,1 +1,0 @@
-"""The hub: messages, subscriptions, and the backends that carry them."""

@@ -1,1 +1,0 @@
-"""Where messages are carried and kept: memory (one process) or redis (many)."""

@@ -1,1 +1,0 @@
-"""Transports: WebSocket, Server-Sent Events, plain HTTP. They talk to the hub only."""
