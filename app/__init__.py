@@ -11,15 +11,20 @@ import asyncio
 import logging
 from urllib.parse import urlsplit
 
-from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import RequestRedirect
+from app.worker_metrics import share_metrics_across_workers
 
-from app.lifecycle import install_drain_on_signals, tune_garbage_collector, warn_if_hub_split
-from app.server_logging import configure_logging, quiet_accept_failures
-from hubbub import Hubbub, Settings
-from hubbub.extension import json_error
-from hubbub.limits import raise_fd_limit
+share_metrics_across_workers()  # before anything imports prometheus-client
+
+from quart import Quart, Response, request  # noqa: E402
+from werkzeug.exceptions import HTTPException  # noqa: E402
+from werkzeug.routing import RequestRedirect  # noqa: E402
+
+from app.configuration import settings_from_env  # noqa: E402
+from app.lifecycle import install_drain_on_signals, tune_garbage_collector, warn_if_hub_split  # noqa: E402
+from app.server_logging import configure_logging, quiet_accept_failures  # noqa: E402
+from hubbub import Hubbub, Settings  # noqa: E402
+from hubbub.extension import json_error  # noqa: E402
+from hubbub.limits import raise_fd_limit  # noqa: E402
 
 __all__ = ["create_app"]
 
@@ -28,8 +33,8 @@ log = logging.getLogger("app")
 
 def create_app(settings: Settings | None = None, *, handle_signals: bool = True) -> Quart:
     """The server. ``handle_signals=False`` leaves the process alone (tests in one process)."""
-    settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
+    settings = settings or settings_from_env()
+    configure_logging(settings.log_level, settings.log_format)
     warn_if_hub_split(settings.redis_url)
     if handle_signals:  # serving as the process: each connection is a file descriptor
         raise_fd_limit()

@@ -5,6 +5,8 @@
     python -m app publish CHANNEL [TEXT] [--type T] [--data JSON]
     python -m app notify USER MESSAGE
     python -m app broadcast MESSAGE
+    python -m app config
+    python -m app serve [--host H] [--port P] [--workers N]
 
 Publishing goes over HTTP to ``--url`` (or HUBBUB_URL) with HUBBUB_API_KEY or
 HUBBUB_TOKEN, or, with neither URL nor credentials, straight through REDIS_URL
@@ -44,12 +46,27 @@ def main(argv: list[str] | None = None) -> int:
     notify.add_argument("message")
     broadcast = commands.add_parser("broadcast", help="a notification to everybody; prints its id")
     broadcast.add_argument("message")
+    commands.add_parser("config", help="print the effective configuration, secrets masked")
+    serve = commands.add_parser("serve", help="serve: Hypercorn, uvloop, $PORT, WEB_CONCURRENCY workers")
+    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"),
+                       help="address to listen on (default HOST, else 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (default PORT, else 8000)")
+    serve.add_argument("--workers", type=int, help="processes (default WEB_CONCURRENCY, else 1)")
     for command in (publish, notify, broadcast):
         command.add_argument("--url", default=os.environ.get("HUBBUB_URL"),
                              help="the hub over HTTP (default HUBBUB_URL); without it, REDIS_URL")
     args = parser.parse_args(argv)
     if args.command == "token":
         return _token(args)
+    if args.command == "serve":
+        from app.serve import serve as run_server
+
+        return run_server(args.host, args.port, args.workers)
+    if args.command == "config":
+        from app.configuration import describe, settings_from_env
+
+        print("\n".join(describe(settings_from_env())))
+        return 0
     return _publish(args)
 
 

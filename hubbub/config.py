@@ -106,8 +106,11 @@ class Settings:
     api_key_rate_limit_per_second: float = 1000.0
     api_key_rate_limit_burst: int = 2000
     idempotency_ttl_s: float = 86400.0
+    metrics_token: str = ""  # when set, /metrics needs it as a bearer token
+    admin_token: str = ""  # when set, /admin (the operator page) is on, behind it
     websocket_compression: bool = False
     log_level: str = "INFO"
+    log_format: str = "text"  # or json: one object per line (the standalone server)
 
     def __post_init__(self) -> None:
         public_key = self.jwt_public_key
@@ -137,6 +140,8 @@ class Settings:
                     f"ALLOWED_ORIGINS entries must be '*', 'null' or http(s)://host, got {origin!r}"
                 )
         _check_api_keys(self.api_keys)
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"LOG_FORMAT must be text or json, got {self.log_format!r}")
         if self.log_level not in _LOG_LEVELS:
             raise ValueError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}")
         for name, minimum in _MINIMUMS.items():
@@ -183,8 +188,11 @@ class Settings:
             api_key_rate_limit_per_second=_float(env, "API_KEY_RATE_LIMIT_PER_SECOND", 1000.0, minimum=0.001),
             api_key_rate_limit_burst=_int(env, "API_KEY_RATE_LIMIT_BURST", 2000, minimum=1),
             idempotency_ttl_s=_float(env, "IDEMPOTENCY_TTL", 86400.0, minimum=1.0),
+            metrics_token=env.get("METRICS_TOKEN", ""),
+            admin_token=env.get("ADMIN_TOKEN", ""),
             websocket_compression=_bool(env, "WEBSOCKET_COMPRESSION"),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_format=env.get("LOG_FORMAT", "text").lower(),
         )
 
 
