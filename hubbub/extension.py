@@ -9,12 +9,17 @@ standalone server's business (the ``app`` package of the repository).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import os
 from typing import Any
 
+from prometheus_client.multiprocess import mark_process_dead
 from quart import Blueprint, Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from hubbub._version import __version__
 from hubbub.auth import Authenticator
 from hubbub.config import Settings
 from hubbub.errors import HubError
@@ -23,11 +28,15 @@ from hubbub.hub.backends.memory import MemoryBackend
 from hubbub.hub.hub import Hub
 from hubbub.hub.message import dumps
 from hubbub.limits import ConnectionLimits
-from hubbub.transports import http, hypercorn_bridge, publishing, site, sse, websocket
+from hubbub.metrics import Metrics, channel_kind, multiprocess
+from hubbub.transports import admin, http, hypercorn_bridge, publishing, site, sse, websocket
 from hubbub.transports.asgi import LiveRouter
 from hubbub.transports.common import AuthenticateHook, PublishHook, Services, cors_headers
 
 log = logging.getLogger("hubbub")
+
+METRICS_SYNC_S = 1.0  # deliveries and queue depths reach the metrics at most this late
+PING_EVERY_SYNCS = 5  # the backend is pinged every 5 s for hubbub_backend_up and its round trip
 
 HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                     405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
@@ -59,10 +68,14 @@ class Hubbub:
                  settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
         self.hub = Hub(build_backend(self.settings), outbox_size=self.settings.outbox_size)
+        metrics = Metrics()
+        self.hub.observe_latency = metrics.publish_to_socket.observe
         limits = ConnectionLimits(self.hub.backend, max_per_user=self.settings.max_connections_per_user,
-                                  max_total=self.settings.max_connections)
-        self.services = Services(settings=self.settings, hub=self.hub,
+                                  max_total=self.settings.max_connections,
+                                  on_refused=lambda reason: metrics.refused.labels(reason).inc())
+        self.services = Services(settings=self.settings, hub=self.hub, metrics=metrics,
                                  authenticator=Authenticator(self.settings), limits=limits)
+        self._syncing: asyncio.Task[None] | None = None
         self.url_prefix = ""
         if app is not None:
             self.init_app(app, url_prefix=url_prefix)
@@ -91,6 +104,7 @@ class Hubbub:
         parent = Blueprint("hubbub", __name__)
         parent.register_blueprint(http.bp)
         parent.register_blueprint(publishing.bp)
+        parent.register_blueprint(admin.bp)
         parent.register_blueprint(site.bp)
         settings = self.settings
 
@@ -143,7 +157,7 @@ class Hubbub:
         """Publishes ``message`` to ``channel`` (``room:NAME``, ``user:ID`` or ``broadcast``) on
         every process; its id. ValueError for a malformed channel or a message not a dict."""
         published = await self.hub.publish(channel, message, sender=sender)
-        self.services.metrics.published += 1
+        self.services.metrics.published.labels("server", channel_kind(channel)).inc()
         return published.id or ""
 
     async def notify(self, user: str, data: Any) -> str:
@@ -153,6 +167,18 @@ class Hubbub:
     async def broadcast(self, data: Any) -> str:
         """A notification to every notifications subscriber; its id."""
         return await self.publish("broadcast", {"type": "notification", "data": data})
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    async def _sync_metrics_forever(self) -> None:
+        for tick in itertools.count():
+            try:
+                await self.services.sync_metrics(ping=tick % PING_EVERY_SYNCS == 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("metrics sync failed")
+            await asyncio.sleep(METRICS_SYNC_S)
 
     # -- life -----------------------------------------------------------------------------
 
@@ -164,6 +190,11 @@ class Hubbub:
     async def _start(self) -> None:
         await self.hub.start()
         fast, why = hypercorn_bridge.status()
+        metrics = self.services.metrics
+        metrics.build_info.labels(__version__).set(1)
+        metrics.fast_path.set(1 if fast else 0)
+        metrics.max_connections.set(self.services.limits.max_total)
+        self._syncing = asyncio.get_running_loop().create_task(self._sync_metrics_forever())
         if not fast:
             log.warning("fast path off, writing through plain ASGI (slower): %s", why)
         if self.settings.ephemeral_secret:
@@ -175,6 +206,10 @@ class Hubbub:
                  "on" if fast else "off", why)
 
     async def _stop(self) -> None:
+        if self._syncing is not None:
+            self._syncing.cancel()
+        if multiprocess():  # this worker's live gauges leave the sums with it
+            mark_process_dead(os.getpid())
         self.services.stop_watching()
         self.services.drain()
         await self.hub.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 
 from hubbub.errors import TooManyConnections, Unavailable
 from hubbub.hub.backends.base import Backend, BackendUnavailable
@@ -35,12 +36,13 @@ def raise_fd_limit() -> tuple[int, int]:
 
 
 class ConnectionLimits:
-    def __init__(self, backend: Backend, *, max_per_user: int, max_total: int) -> None:
+    def __init__(self, backend: Backend, *, max_per_user: int, max_total: int,
+                 on_refused: Callable[[str], None] = lambda reason: None) -> None:
         self._backend = backend
         self._max_per_user = max_per_user
         self.max_total = max_total or default_max_connections()
         self.total = 0  # live connections of this process, every endpoint
-        self.refused = 0  # refused for MAX_CONNECTIONS, for /metrics
+        self._on_refused = on_refused  # the metrics: "max_connections" or "per_user"
 
     # Plain acquire/release, not context managers: a connection holds its slots for hours,
     # and an exit stack with two suspended generators cost ~2.5 KB per idle connection.
@@ -48,7 +50,7 @@ class ConnectionLimits:
     def acquire(self) -> None:
         """Counts a connection against MAX_CONNECTIONS; Unavailable (503) when it is full."""
         if self.total >= self.max_total:
-            self.refused += 1
+            self._on_refused("max_connections")
             raise Unavailable(f"this server is at its limit of {self.max_total} connections",
                               retry_after=RETRY_AFTER_FULL_S)
         self.total += 1
@@ -64,6 +66,7 @@ class ConnectionLimits:
         except BackendUnavailable:
             raise Unavailable("the connection registry is unreachable", retry_after=2) from None
         if not admitted:
+            self._on_refused("per_user")
             raise TooManyConnections(f"at most {self._max_per_user} live connections per user",
                                      retry_after=RETRY_AFTER_FULL_S)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, fields
 from urllib.parse import unquote
 
 # Parameter names whose values are credentials, as the app reads a name: percent-decoded,
@@ -78,25 +77,3 @@ class OncePerInterval(logging.Filter):
         record.msg, record.args, self._dropped = f"{record.getMessage()}{more}", None, 0
         record.exc_info = record.exc_text = None
         return True
-
-
-@dataclass
-class Metrics:
-    """Counters of this process; gauges are read at scrape time."""
-
-    published: int = 0
-    connections_opened: int = 0
-    slow_consumers: int = 0
-    auth_failures: int = 0
-
-    def render(self, gauges: dict[str, float], **counted_elsewhere: int) -> str:
-        """Prometheus text format (version 0.0.4)."""
-        counters = {f.name: getattr(self, f.name) for f in fields(self)}
-        counters.update(counted_elsewhere)
-        lines: list[str] = []
-        for key, value in counters.items():
-            name = f"hubbub_{key}_total"
-            lines += [f"# TYPE {name} counter", f"{name} {value}"]
-        for name, value in gauges.items():
-            lines += [f"# TYPE hubbub_{name} gauge", f"hubbub_{name} {value}"]
-        return "\n".join(lines) + "\n"

@@ -53,6 +53,7 @@ class LiveServer:
     hub: Hub
     settings: Settings
     tls: ssl.SSLContext | None = None  # a client context trusting the server's certificate
+    services: Any = None  # the app's hubbub Services (drain(), limits, metrics)
 
     @property
     def url(self) -> str:
@@ -118,8 +119,8 @@ async def serve_app(app: Quart, settings: Settings, sock: socket.socket, *,
     config.errorlog = None
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
-    server = LiveServer(port=port, hub=app.extensions["hubbub"]["hubbub"].hub, settings=settings,
-                        tls=client_tls)
+    services = app.extensions["hubbub"]["hubbub"]
+    server = LiveServer(port=port, hub=services.hub, settings=settings, tls=client_tls, services=services)
     async with server.http() as client, asyncio.timeout(10):
         while True:
             try:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from hubbub.hub.backends.base import Backend, BackendUnavailable
-from hubbub.hub.message import Cursor, Frames, Message, encode_body, presence_frame
+from hubbub.hub.message import Cursor, Frames, Message, encode_body, message_age_s, presence_frame
 from hubbub.hub.outbox import Subscription
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ class Hub:
         # while later ones wait, and an unsubscribe never races a resubscribe.
         # Each entry counts its users so it is dropped when nobody holds or awaits it.
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-        self.delivered = 0  # message × subscriber hand-offs, for /metrics
+        self._retired_sent = 0  # what ended subscriptions were handed, for delivered()
+        # Told each message's age when its fan-out here ends (the publish-to-socket histogram).
+        self.observe_latency: Callable[[float], None] | None = None
         self._live: list[Message] = []  # join/leave frames waiting for LIVE_WINDOW_S
         self._live_due: asyncio.TimerHandle | None = None
 
@@ -142,6 +144,7 @@ class Hub:
         finally:
             subscription.close()
             self._subscriptions.discard(subscription)
+            self._retired_sent += subscription.sent
             if replaying is not None:
                 replaying.cancel()
             for channel in added:
@@ -252,7 +255,6 @@ class Hub:
             together = frames[0] if len(frames) == 1 else Frames(frames)
             for subscription in tuple(subscribers):
                 subscription.offer_live(frames, together)
-            self.delivered += len(subscribers) * len(frames)
 
     def _fan_out(self, message: Message) -> None:
         subscribers = self._subscribers.get(message.channel)
@@ -260,7 +262,8 @@ class Hub:
             return
         for subscription in tuple(subscribers):
             subscription.offer(message)
-        self.delivered += len(subscribers)
+        if self.observe_latency is not None and (age := message_age_s(message.json)) is not None:
+            self.observe_latency(age)
 
     # -- presence -----------------------------------------------------------
 
@@ -277,6 +280,19 @@ class Hub:
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         counts = await self.backend.presence(channel)
         return [{"id": user, "connections": n} for user, n in sorted(counts.items())]
+
+    def subscriber_counts(self) -> list[tuple[str, int]]:
+        """(channel, local subscribers) for every channel subscribed in this process."""
+        return [(channel, len(subscribers)) for channel, subscribers in self._subscribers.items()]
+
+    def delivered(self) -> int:
+        """Messages handed to subscriptions so far (the sender's own connection, which gets an
+        ack instead, not counted). Counted per subscription on the hot path, summed here."""
+        return self._retired_sent + sum(subscription.sent for subscription in self._subscriptions)
+
+    def queued(self) -> int:
+        """Messages waiting in outboxes for sockets that are backed up."""
+        return sum(subscription.backlog for subscription in self._subscriptions)
 
     def local_subscriptions(self) -> int:
         return sum(len(s) for s in self._subscribers.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +68,27 @@ def check_event_type(kind: str) -> str:
 def presence_frame(kind: str, channel: str, user: str) -> str:
     """A live-only ``join`` or ``leave`` frame."""
     return dumps({"type": kind, "channel": channel, "sender": user})
+
+
+def message_age_s(json_text: str) -> float | None:
+    """Seconds since the message's timestamp (its last field), without decoding the JSON.
+
+    Cheap on purpose (once per message per process): the time of day is enough, the day
+    is not parsed, and a clock a little ahead of this one's counts as 0."""
+    start = json_text.rfind('"timestamp":"') + 13
+    stamp = json_text[start:start + 24]  # 2026-11-26T10:30:00.123Z
+    if start < 13 or len(stamp) != 24 or stamp[10] != "T":
+        return None
+    try:
+        hours, minutes = int(stamp[11:13]), int(stamp[14:16])
+        seconds, ms = int(stamp[17:19]), int(stamp[20:23])
+    except ValueError:
+        return None
+    of_day = hours * 3600 + minutes * 60 + seconds + ms / 1000
+    age = time.time() % 86400 - of_day
+    if age < -43200:  # across midnight
+        age += 86400
+    return max(age, 0.0)
 
 
 def format_id(epoch: str, seq: int) -> str:

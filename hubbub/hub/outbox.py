@@ -30,7 +30,7 @@ class Subscription:
 
     __slots__ = (
         "channels", "connection_id", "recovered", "_outbox", "_maxsize", "_changed",
-        "_held", "held_drops", "_epoch", "_last_seq", "overflowed", "closed", "on_ready", "write_now",
+        "_held", "held_drops", "sent", "_epoch", "_last_seq", "overflowed", "closed", "on_ready", "write_now",
     )
 
     def __init__(self, channels: tuple[str, ...], connection_id: str, maxsize: int) -> None:
@@ -42,6 +42,7 @@ class Subscription:
         self._changed: asyncio.Event | None = None  # made by the first awaiting consumer
         self._held: list[Message] | None = None
         self.held_drops = 0  # times the held live messages were let go (see ``offer``)
+        self.sent = 0  # channel messages handed on (not acks, errors, pongs): log line, /metrics
         self._epoch = ""
         self._last_seq = 0
         self.overflowed = False
@@ -87,6 +88,7 @@ class Subscription:
             self._epoch, self._last_seq = message.epoch, seq
         if self.overflowed or self.closed:
             return
+        self.sent += 1
         if self._outbox is None and self.write_now is not None and self.write_now(message):
             return
         self._queue(message)
@@ -96,6 +98,7 @@ class Subscription:
         bytes back to back) when the socket takes it at once, else offered one by one."""
         if (self._held is None and self._outbox is None and not self.ended
                 and self.write_now is not None and self.write_now(together)):
+            self.sent += len(frames)
             return
         for message in frames:
             self.offer(message)
@@ -153,6 +156,8 @@ class Subscription:
             if message.epoch == self._epoch and seq <= self._last_seq:
                 return  # already delivered (replay/live seam, or a backend catch-up)
             self._epoch, self._last_seq = message.epoch, seq
+        if not self.ended:
+            self.sent += 1
         self._append(message)
 
     def _append(self, message: Message) -> None:

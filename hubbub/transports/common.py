@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from hubbub.errors import (
     HookFailed,
     HubError,
     RateLimited,
+    Refused,
     Unauthorized,
     Unavailable,
 )
@@ -27,7 +29,7 @@ from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.hub import ROOM_NAME, Hub, room_channel
 from hubbub.hub.message import Message, dumps
 from hubbub.limits import ConnectionLimits
-from hubbub.observability import Metrics
+from hubbub.metrics import Metrics, channel_kind
 from hubbub.transports.hypercorn_bridge import Bridge
 from hubbub.transports.socket_writer import WriteBatcher
 
@@ -62,12 +64,31 @@ class Services:
     hub: Hub
     authenticator: Authenticator
     limits: ConnectionLimits
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics
     writes: WriteBatcher = field(default_factory=WriteBatcher)  # direct socket writes, per turn
     draining: bool = False
     authenticate_hook: AuthenticateHook | None = None
     publish_hook: PublishHook | None = None
     _shutdown_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _synced_deliveries: int = field(default=0, init=False, repr=False)
+
+    async def sync_metrics(self, *, ping: bool = False) -> None:
+        """Moves what the hot path counts in integers into the metrics (and pings the backend)."""
+        metrics, hub = self.metrics, self.hub
+        delivered = hub.delivered()
+        if delivered > self._synced_deliveries:
+            metrics.deliveries.inc(delivered - self._synced_deliveries)
+            self._synced_deliveries = delivered
+        metrics.outbox_depth.set(hub.queued())
+        retained = getattr(hub.backend, "retained", None)
+        if retained is not None:
+            for kind, count in retained().items():
+                metrics.retained.labels(kind).set(count)
+        if ping:
+            started = time.perf_counter()
+            up = await hub.backend.ping()
+            metrics.backend_up.set(1 if up else 0)
+            metrics.backend_rtt.set(time.perf_counter() - started)
 
     def drain(self) -> None:
         """Refuses new connections and ends live ones (WebSocket 1012, SSE end with retry hint)."""
@@ -159,8 +180,18 @@ async def identify(svc: Services, request: RequestLike, *, tickets: bool) -> Pri
                 log.error("the authenticate hook returned %r, not a Principal or None", type(principal))
                 raise HookFailed("the server's authenticate hook failed")
             return principal
-    return await authenticate(svc.authenticator, svc.hub.backend, request.headers, request.args,
-                              tickets=tickets)
+    try:
+        return await authenticate(svc.authenticator, svc.hub.backend, request.headers, request.args,
+                                  tickets=tickets)
+    except Unauthorized as error:
+        svc.metrics.auth_failure(error.detail, endpoint_of(request))
+        raise
+
+
+def endpoint_of(request: RequestLike) -> str:
+    """The route, not the path (room names would make the label unbounded)."""
+    rule = getattr(request, "url_rule", None)
+    return str(rule.rule) if rule is not None else request.path
 
 
 async def checked_by_hook(svc: Services, principal: Principal, channel: str,
@@ -169,7 +200,11 @@ async def checked_by_hook(svc: Services, principal: Principal, channel: str,
     hook = svc.publish_hook
     if hook is None:
         return message
-    result = await _call_hook("on_publish", hook, principal, channel, message)
+    try:
+        result = await _call_hook("on_publish", hook, principal, channel, message)
+    except Refused:
+        svc.metrics.dropped.labels("refused_by_hook").inc()
+        raise
     if not isinstance(result, dict):
         log.error("the on_publish hook returned %r, not the message (a dict)", type(result))
         raise HookFailed("the server's on_publish hook failed")
@@ -192,6 +227,7 @@ async def require_principal(svc: Services, request: RequestLike, *, tickets: boo
     """The caller, or Unauthorized; ``tickets``: a ticket is accepted (it opens one live stream)."""
     principal = await identify(svc, request, tickets=tickets)
     if principal is None:
+        svc.metrics.auth_failure("required", endpoint_of(request))
         what = "a bearer token, a token or a ticket query parameter" if tickets else \
             "a bearer token (or a token query parameter)"
         raise Unauthorized(f"{what} is required")
@@ -207,6 +243,15 @@ def ack_frame(message_id: str | None, ref: Any) -> str:
     return dumps({"type": "ack", "id": message_id, "ref": ref})
 
 
+def publish_source(principal: Principal, origin: str | None = None) -> str:
+    """The ``source`` label of a published message: websocket, http or api_key."""
+    return "api_key" if principal.api_key else "websocket" if origin is not None else "http"
+
+
+def count_published(svc: Services, principal: Principal, channel: str) -> None:
+    svc.metrics.published.labels(publish_source(principal), channel_kind(channel)).inc()
+
+
 async def take_token(svc: Services, key: str, rate_per_s: float, burst: int, what: str,
                      cost: int = 1) -> None:
     """Takes ``cost`` tokens from ``key``'s bucket, or refuses ``what`` with 429 / error rate_limited."""
@@ -217,6 +262,7 @@ async def take_token(svc: Services, key: str, rate_per_s: float, burst: int, wha
     except BackendUnavailable:
         raise Unavailable("the rate-limit backend is unreachable; retry later", retry_after=2) from None
     if wait_s > 0:
+        svc.metrics.dropped.labels("rate_limited").inc()
         raise RateLimited(f"slow down: next {what} allowed in {wait_s:.1f} s", retry_after=wait_s)
 
 
@@ -258,5 +304,5 @@ async def publish_chat(svc: Services, principal: Principal, room: str, text: str
         message = await svc.hub.publish(channel, body, sender=principal.user, origin=origin)
     except BackendUnavailable:
         raise Unavailable("the message backend is unreachable; retry later", retry_after=2) from None
-    svc.metrics.published += 1
+    svc.metrics.published.labels(publish_source(principal, origin), "room").inc()
     return message

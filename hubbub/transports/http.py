@@ -14,6 +14,7 @@ from hubbub.hub.message import Cursor, dumps
 from hubbub.transports.common import (
     Services,
     checked_by_hook,
+    count_published,
     limit_publisher,
     publish_chat,
     require_principal,
@@ -41,6 +42,7 @@ async def request_body(svc: Services) -> bytes:
     Idempotency-Key check reads it too)."""
     limit = svc.settings.max_message_bytes
     if (request.content_length or 0) > limit:
+        svc.metrics.dropped.labels("too_big").inc()
         raise TooLarge(f"bodies are limited to {limit} bytes")
     request.max_content_length = limit
     try:
@@ -48,6 +50,7 @@ async def request_body(svc: Services) -> bytes:
         return data if isinstance(data, bytes) else data.encode()
     except Exception as exc:  # werkzeug's RequestEntityTooLarge for chunked bodies
         if getattr(exc, "code", None) == 413:
+            svc.metrics.dropped.labels("too_big").inc()
             raise TooLarge(f"bodies are limited to {limit} bytes") from None
         raise
 
@@ -140,7 +143,7 @@ async def post_notification() -> Response:
         message = await svc.hub.publish(channel, notification)
     except BackendUnavailable:
         raise Unavailable("the message backend is unreachable", retry_after=2) from None
-    svc.metrics.published += 1
+    count_published(svc, principal, channel)
     return _json({"id": message.id}, 202)
 
 

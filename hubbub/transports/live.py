@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -24,11 +25,13 @@ from hubbub.errors import Close
 from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.message import Message
 from hubbub.hub.outbox import SlowConsumer, Subscription
+from hubbub.metrics import channel_kind
 from hubbub.transports.common import Services
 from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
 from hubbub.transports.socket_writer import DirectWriter
 
 log = logging.getLogger(__name__)
+connections_log = logging.getLogger("hubbub.connections")  # one line as each opens and closes
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -59,6 +62,7 @@ class LiveConnection:
     __slots__ = ("svc", "principal", "sub", "room", "send", "bridge", "direct", "closing",
                  "_loop", "_flusher", "_ender", "_timer", "_abort")
 
+    transport: ClassVar[str]  # the metrics' label: websocket, sse
     frame_attribute: ClassVar[str]  # the Message attribute holding its bytes on this wire
     checks_silence: ClassVar[bool] = False  # WebSocket: close a peer silent for IDLE_TIMEOUT
 
@@ -79,6 +83,11 @@ class LiveConnection:
         self._ender: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._abort: asyncio.TimerHandle | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The metrics' label: chat, notifications or echo."""
+        return "echo" if self.principal is None else "chat" if self.room is not None else "notifications"
 
     # -- wire, per transport -----------------------------------------------------
 
@@ -106,6 +115,19 @@ class LiveConnection:
         """Joins the room, serves until the peer is gone, leaves. Never raises for the peer."""
         connection_id = self.sub.connection_id
         joined = False
+        labels = (self.transport, self.endpoint)
+        metrics = self.svc.metrics
+        metrics.opened.labels(*labels).inc()
+        metrics.connections.labels(*labels).inc()
+        opened = time.monotonic()
+        channel = self.sub.channels[0] if self.sub.channels else "-"
+        user = self.principal.user if self.principal is not None else "-"
+        fields = {"user": user, "transport": self.transport, "channel": channel}
+        connections_log.info("connection opened: %s %s %s", user, self.transport, channel,
+                             extra={"fields": fields})
+        kinds = [channel_kind(channel) for channel in self.sub.channels]
+        for kind in kinds:
+            metrics.subscriptions.labels(kind).inc()
         self.sub.attach(self._on_ready, self.direct.try_write if self.direct is not None else None)
         if self.bridge is not None:
             self.bridge.on_too_big = lambda: self.end(TOO_BIG)
@@ -121,6 +143,14 @@ class LiveConnection:
                     self.end(BACKEND_DOWN)
             await self.serve(receive)
         finally:
+            closed = {"duration_s": round(time.monotonic() - opened, 3), "messages_sent": self.sub.sent,
+                      "close_code": self.closing.code if self.closing is not None else Close.NORMAL}
+            connections_log.info("connection closed: %s %s %s after %.1f s, %d messages, close %d", user,
+                                 self.transport, channel, closed["duration_s"], closed["messages_sent"],
+                                 closed["close_code"], extra={"fields": {**fields, **closed}})
+            metrics.connections.labels(*labels).dec()
+            for kind in kinds:
+                metrics.subscriptions.labels(kind).dec()
             self.sub.detach()
             if self.bridge is not None:
                 self.bridge.on_too_big = None
@@ -149,6 +179,8 @@ class LiveConnection:
         if self.closing is not None:
             return
         self.closing = closing
+        if closing.code == Close.TOO_BIG:
+            self.svc.metrics.dropped.labels("too_big").inc()
         self.sub.stop_writing()
         self.sub.close()  # nothing new is queued; waiters on the outbox wake up
         if closing is not RESTARTING and self._flusher is not None:
@@ -177,7 +209,7 @@ class LiveConnection:
         if self.closing is not None:
             return
         if sub.overflowed:
-            self.svc.metrics.slow_consumers += 1
+            self.svc.metrics.dropped.labels("slow_consumer").inc()
             self.end(SLOW_CONSUMER)
         elif sub.closed:  # the hub closed it: the server is draining
             self.end(RESTARTING)
@@ -195,7 +227,7 @@ class LiveConnection:
                         if self.bridge is not None:
                             await self.bridge.sent()  # one batch at a time in the server's hands
         except TimeoutError:
-            self.svc.metrics.slow_consumers += 1
+            self.svc.metrics.dropped.labels("slow_consumer").inc()
             self.end(SLOW_CONSUMER)  # e.g. an HTTP/2 stream given no flow-control credit
         except (OSError, RuntimeError):
             self.end(PEER_GONE)

@@ -18,7 +18,7 @@ from hubbub.errors import BadRequest, Unavailable
 from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.hub import check_channel
 from hubbub.hub.message import check_event_type, dumps
-from hubbub.transports.common import checked_by_hook, limit_publisher, services
+from hubbub.transports.common import checked_by_hook, count_published, limit_publisher, services
 from hubbub.transports.http import current_principal, request_body
 from hubbub.transports.idempotency import idempotent
 from hubbub.transports.inbound import json_value
@@ -72,7 +72,7 @@ async def post_publish() -> Response:
             # A batch is not atomic: what went out before this went out. Retried with the
             # same Idempotency-Key, the whole batch runs again.
             raise Unavailable("the message backend is unreachable", retry_after=2) from None
-        svc.metrics.published += 1
+        count_published(svc, principal, channel)
         ids.append(published.id)
     reply = {"ids": ids} if batch else {"id": ids[0]}
     return Response(dumps(reply), status=202, content_type="application/json")

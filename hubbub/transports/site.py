@@ -1,18 +1,20 @@
-"""The demo page and browser client files, /healthz and /metrics."""
+"""The demo page and browser client files, /healthz, /readyz and /metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import mimetypes
 from pathlib import Path
 
-from quart import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from quart import Blueprint, Response, request
 from werkzeug.security import safe_join
 
 from hubbub._version import __version__
-from hubbub.errors import NotFound
+from hubbub.auth import bearer_token
+from hubbub.errors import NotFound, Unauthorized
 from hubbub.hub.message import dumps
-from hubbub.transports import hypercorn_bridge
 from hubbub.transports.common import services
 
 bp = Blueprint("site", __name__)
@@ -58,7 +60,12 @@ async def _file(path: Path) -> Response:
 
 @bp.get("/")
 async def index() -> Response:
-    response = await _file(STATIC_DIR / "index.html")
+    return await page(STATIC_DIR / "index.html")
+
+
+async def page(path: Path) -> Response:
+    """An HTML page of hubbub's own, under its Content-Security-Policy."""
+    response = await _file(path)
     response.headers.update(_PAGE_HEADERS)
     return response
 
@@ -73,31 +80,36 @@ async def static_file(filename: str) -> Response:
 
 @bp.get("/healthz")
 async def healthz() -> Response:
+    """Liveness: 200 while this process serves (restarting it would not bring Redis back);
+    what it sees of its backend and whether it drains are in the body."""
     svc = services()
-    ok = await svc.hub.backend.ping() and not svc.draining  # draining: take me out of rotation
-    body = {"status": "ok" if ok else "unavailable", "version": __version__,
-            "backend": svc.hub.backend.name, "connections": svc.limits.total, "draining": svc.draining}
-    response = Response(dumps(body), status=200 if ok else 503, content_type="application/json")
-    if not ok:
+    body = {"status": "ok", "version": __version__, "backend": svc.hub.backend.name,
+            "backend_up": await svc.hub.backend.ping(), "connections": svc.limits.total,
+            "draining": svc.draining}
+    return Response(dumps(body), content_type="application/json")
+
+
+@bp.get("/readyz")
+async def readyz() -> Response:
+    """Readiness: 503 with Retry-After while draining or while the backend is unreachable,
+    so a load balancer sends new clients elsewhere."""
+    svc = services()
+    backend_up = await svc.hub.backend.ping()
+    ready = backend_up and not svc.draining
+    body = {"status": "ready" if ready else "unavailable", "version": __version__,
+            "backend": svc.hub.backend.name, "backend_up": backend_up, "draining": svc.draining}
+    response = Response(dumps(body), status=200 if ready else 503, content_type="application/json")
+    if not ready:
         response.headers["Retry-After"] = "2"
     return response
 
 
 @bp.get("/metrics")
 async def metrics() -> Response:
+    """Prometheus text format; with METRICS_TOKEN, only for ``Authorization: Bearer TOKEN``."""
     svc = services()
-    gauges = {
-        "connections": float(svc.limits.total),
-        "subscriptions": float(svc.hub.local_subscriptions()),
-        "backend_up": 1.0 if await svc.hub.backend.ping() else 0.0,
-    }
-    # What the backend holds in this process (memory only; Redis expires its keys itself):
-    # hubbub_retained_channels and the like must fall back once traffic stops.
-    retained = getattr(svc.hub.backend, "retained", None)
-    if retained is not None:
-        gauges.update((f"retained_{kind}", float(n)) for kind, n in retained().items())
-    gauges["max_connections"] = float(svc.limits.max_total)
-    gauges["fast_path"] = 1.0 if hypercorn_bridge.status()[0] else 0.0
-    text = svc.metrics.render(gauges, delivered=svc.hub.delivered,
-                              connections_refused=svc.limits.refused)
-    return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
+    token = svc.settings.metrics_token
+    if token and not hmac.compare_digest((bearer_token(request.headers) or "").encode(), token.encode()):
+        raise Unauthorized("/metrics needs the bearer token METRICS_TOKEN")
+    await svc.sync_metrics()  # this worker's latest; the others' within a second
+    return Response(svc.metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -110,7 +110,6 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
 async def _serve(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
                  principal: Principal, channels: tuple[str, ...], room: str | None, cursor: str | None,
                  connection_id: str, start: dict[str, Any]) -> None:
-    svc.metrics.connections_opened += 1
     started = False
     try:
         async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
@@ -130,6 +129,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
 class SSEConnection(LiveConnection):
     __slots__ = ("_beat",)
 
+    transport = "sse"
     frame_attribute = "sse_chunk"
 
     def __init__(self, *args: Any) -> None:

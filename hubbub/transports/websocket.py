@@ -82,7 +82,6 @@ async def echo(svc: Services, request: Request, receive: Receive, send: Send) ->
         return
     try:
         async with svc.hub.subscribe(()) as subscription:
-            svc.metrics.connections_opened += 1
             await send({"type": "websocket.accept"})
             await EchoConnection(svc, None, subscription, request.scope, send, None, bridge).run(receive)
     finally:
@@ -191,7 +190,8 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
             except PeerLeft:
                 return
             except HubError as error:
-                svc.metrics.auth_failures += error.status == 401
+                if error.status == 401:
+                    svc.metrics.auth_failure(error.detail, request.path)
                 await _close(send, bridge, Closing(error.close_code, error.detail[:120]))
                 return
         await _subscribe_and_run(svc, request, receive, send, bridge, principal, connection_id,
@@ -205,7 +205,6 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
 async def _subscribe_and_run(svc: Services, request: Request, receive: Receive, send: Send,
                              bridge: Bridge | None, principal: Principal, connection_id: str,
                              channels: tuple[str, ...], room: str | None, accepted: bool) -> None:
-    svc.metrics.connections_opened += 1
     try:
         async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
                                      connection_id=connection_id) as subscription:
@@ -225,6 +224,7 @@ async def _subscribe_and_run(svc: Services, request: Request, receive: Receive, 
 class WebSocketConnection(LiveConnection):
     __slots__ = ()
 
+    transport = "websocket"
     frame_attribute = "ws_frame"
     checks_silence = True
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Response
@@ -244,3 +245,30 @@ async def curl_stream(*args: str, max_time: float = 20.0) -> AsyncIterator[CurlS
             proc.kill()
         async with asyncio.timeout(TIMEOUT_S):
             await proc.wait()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def read_metrics(client: httpx.AsyncClient, **headers: str) -> Samples:
+    """One scrape of /metrics, parsed: {(name, sorted labels): value}."""
+    reply = await client.get("/metrics", headers=headers)
+    assert reply.status_code == 200, reply.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.text) for s in family.samples}
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """A sample's value; 0 when it was never set (a counter nobody moved has no labelled line)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def metric_reaches(client: httpx.AsyncClient, name: str, wanted: Callable[[float], bool],
+                         timeout: float = 10.0, **labels: str) -> float:
+    """Scrapes until ``name{labels}`` satisfies ``wanted`` (gauges are synced every second)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            value = sample(await read_metrics(client), name, **labels)
+            if wanted(value):
+                return value
+            await asyncio.sleep(0.1)

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+import hubbub
 from tests.conftest import LiveServer, ServerFactory
 from tests.e2e.clients import (
     bearer,
@@ -195,26 +197,43 @@ async def test_healthz_200_ok_memory_backend(live_server: LiveServer) -> None:
     assert (reply.json()["status"], reply.json()["backend"]) == ("ok", "memory")
 
 
+async def test_healthz_alive_readyz_ready_both_with_the_version(live_server: LiveServer) -> None:
+    async with live_server.http() as client:
+        alive, ready = await client.get("/healthz"), await client.get("/readyz")
+        live_server.services.drain()  # what SIGTERM does first
+        alive_draining, ready_draining = await client.get("/healthz"), await client.get("/readyz")
+    assert (alive.status_code, ready.status_code) == (200, 200)
+    assert alive.json()["version"] == ready.json()["version"] == hubbub.__version__
+    assert alive_draining.status_code == 200 and alive_draining.json()["draining"] is True
+    assert (ready_draining.status_code, ready_draining.json()["status"]) == (503, "unavailable")
+    assert ready_draining.headers["Retry-After"] == "2"
+
+
 async def test_metrics_prometheus_text_counts_published(live_server: LiveServer) -> None:
-    async def scrape() -> dict[str, float]:
+    async def scrape() -> dict[tuple[str, str], float]:
         async with live_server.http() as client:
             reply = await client.get("/metrics")
         assert reply.status_code == 200
-        assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        samples: dict[str, float] = {}
-        for line in reply.text.splitlines():
-            if line.startswith("#"):
-                assert re.fullmatch(r"# (TYPE \w+ (counter|gauge)|HELP \w+ .*)", line), line
-                continue
-            name, value = line.split(" ")
-            assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?", name), line
-            samples[name] = float(value)
-        return samples
+        assert reply.headers["Content-Type"].startswith("text/plain; version=")
+        families = list(text_string_to_metric_families(reply.text))
+        assert all(family.documentation for family in families)  # HELP text on every one
+        return {(s.name, ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))): s.value
+                for family in families for s in family.samples}
 
     before = await scrape()
     await post(live_server, b"counted", "text/plain")
     after = await scrape()
-    assert after["hubbub_published_total"] == before["hubbub_published_total"] + 1
+    key = ("hubbub_messages_published_total", "channel_kind=room,source=http")
+    assert after[key] == before.get(key, 0) + 1
+
+
+async def test_metrics_token_protects_metrics(server_factory: ServerFactory) -> None:
+    server = await server_factory({"METRICS_TOKEN": "scrape-me-0123456789"})
+    async with server.http() as client:
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers={"Authorization": "Bearer nope"})).status_code == 401
+        allowed = await client.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123456789"})
+    assert allowed.status_code == 200 and "hubbub_build_info" in allowed.text
 
 
 @pytest.mark.parametrize("path", ["/nope", "/api/rooms", "/api/rooms/lobby/nope", "/static/nope.js"])

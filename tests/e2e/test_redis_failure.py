@@ -4,7 +4,7 @@ A private redis-server (no persistence) on a free port serves two `hypercorn`
 processes. It is terminated for about two seconds and started again on the same
 port, empty: a new epoch. Every POST that got 202 must reach every subscriber
 (WebSocket and SSE, on both processes) exactly once and in order; every POST
-refused during the outage got 503 with Retry-After and reached nobody; /healthz said
+refused during the outage got 503 with Retry-After and reached nobody; /readyz said
 503 meanwhile; no open connection was closed.
 """
 
@@ -108,15 +108,15 @@ class Publisher:
                 await self._changed.wait()
 
 
-async def healthz(server: Hypercorn) -> httpx.Response:
+async def readyz(server: Hypercorn) -> httpx.Response:
     async with server.http(timeout=5) as client:
-        return await client.get("/healthz")
+        return await client.get("/readyz")
 
 
 async def until_health(server: Hypercorn, status: int, timeout: float) -> httpx.Response:
     async with asyncio.timeout(timeout):
         while True:
-            reply = await healthz(server)
+            reply = await readyz(server)
             if reply.status_code == status:
                 return reply
             await asyncio.sleep(0.05)

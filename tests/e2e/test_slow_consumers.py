@@ -9,13 +9,12 @@ import os
 import socket
 import statistics
 import time
-from collections.abc import Callable
 
 import httpx
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import LiveServer, ServerFactory
-from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
+from tests.e2e.clients import metric_reaches, recv_json, recv_until, sse_connect, ws_connect
 
 FAST_LIMITS = {"RATE_LIMIT_PER_SECOND": "100000", "RATE_LIMIT_BURST": "100000", "OUTBOX_SIZE": "50"}
 MESSAGES = 400
@@ -55,17 +54,6 @@ async def post_all(client: httpx.AsyncClient, token: str, count: int) -> list[fl
     return latencies
 
 
-async def wait_for_metric(client: httpx.AsyncClient, name: str, wanted: Callable[[float], bool]) -> None:
-    """Polls /metrics (bounded) until ``name`` satisfies ``wanted``."""
-    async with asyncio.timeout(10):
-        while True:
-            text = (await client.get("/metrics")).text
-            values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
-            if values and wanted(values[0]):
-                return
-            await asyncio.sleep(0.05)
-
-
 async def run_round(server: LiveServer, stalled: socket.socket | None) -> tuple[list[float], int]:
     """One subscriber reads everything while ``count`` messages are posted; returns latencies, received."""
     token = server.token("reader")
@@ -95,8 +83,9 @@ async def test_stalled_websocket_is_dropped_and_others_get_everything(server_fac
     try:
         latencies, received = await run_round(server, stalled)
         async with server.http() as client:
-            await wait_for_metric(client, "hubbub_slow_consumers_total", lambda n: n == 1)
-            await wait_for_metric(client, "hubbub_connections", lambda n: n == 0)  # dropped
+            await metric_reaches(client, "hubbub_dropped_total", lambda n: n == 1, reason="slow_consumer")
+            await metric_reaches(client, "hubbub_connections", lambda n: n == 0,  # dropped
+                                 transport="websocket", endpoint="chat")
     finally:
         stalled.close()
     assert received == MESSAGES
@@ -111,8 +100,9 @@ async def test_stalled_sse_is_dropped_and_others_get_everything(server_factory: 
     try:
         latencies, received = await run_round(server, stalled)
         async with server.http() as client:
-            await wait_for_metric(client, "hubbub_slow_consumers_total", lambda n: n == 1)
-            await wait_for_metric(client, "hubbub_connections", lambda n: n == 0)
+            await metric_reaches(client, "hubbub_dropped_total", lambda n: n == 1, reason="slow_consumer")
+            await metric_reaches(client, "hubbub_connections", lambda n: n == 0,
+                                 transport="sse", endpoint="chat")
     finally:
         stalled.close()
     assert received == MESSAGES

@@ -646,7 +646,27 @@ async def test_hub_presence_window_is_one_hand_off_per_member(make_hub, monkeypa
     assert len(written) == 2 and b'"text":"hi"' in written[1]
     assert [(body(m)["type"], body(m)["sender"]) for m in frames] == [
         ("join", "alice"), ("join", "bob"), ("join", "carol"), ("chat", "dave")]
-    assert hub.delivered == 2 * 4
+    assert hub.delivered() == 2 * 4
+
+
+async def test_hub_delivered_counts_what_subscribers_got_not_the_senders_own(make_hub) -> None:
+    hub = await make_hub()
+    async with asyncio.timeout(TIMEOUT_S), hub.subscribe([LOBBY], connection_id="sender") as sender, \
+            hub.subscribe([LOBBY], connection_id="other") as other:
+        await hub.publish(LOBBY, {"type": "chat", "text": "mine"}, sender="a", origin="sender")
+        await hub.publish(LOBBY, {"type": "chat", "text": "server"})
+        assert len(await take(other, 2)) == 2 and len(await take(sender, 1)) == 1
+        sender.send_frame('{"type":"ack","id":"x","ref":"1"}')  # its own frames are not messages
+        assert hub.delivered() == 3
+    assert hub.delivered() == 3  # kept once the subscriptions ended
+
+
+async def test_hub_delivered_counts_a_replayed_message_once(make_hub) -> None:
+    hub = await make_hub()
+    sent = [await hub.publish(LOBBY, {"n": n}) for n in range(3)]
+    async with asyncio.timeout(TIMEOUT_S), hub.subscribe([LOBBY], cursor=sent[0].id) as sub:
+        assert len(await take(sub, 2)) == 2
+        assert hub.delivered() == 2
 
 
 async def test_hub_presence_frames_carry_no_id(make_hub) -> None:
