@@ -68,6 +68,7 @@ function demoLogin(body) {
     });
     /** @type {{ token?: string, expires_in?: number, error?: string, detail?: string }} */
     const answer = await reply.json().catch(() => ({}));
+    if (reply.status === 403) throw new DemoLoginOff(answer.detail ?? "demo login is disabled");
     if (!reply.ok || typeof answer.token !== "string") {
       throw new Error(answer.detail || `demo login answered ${reply.status}`);
     }
@@ -81,13 +82,30 @@ function demoLogin(body) {
     return answer.token;
   }
 
-  return async function getToken() {
+  /** @param {{ refresh?: boolean }} [context] refresh: the hub refused the cached token */
+  return async function getToken({ refresh = false } = {}) {
+    // A restarted server without JWT_SECRET has a new secret: the old token is worthless.
+    if (refresh) cached = null;
     if (cached && cached.expiresAt - Date.now() > cached.marginMs) return cached.token;
     pending ??= fetchToken().finally(() => {
       pending = null;
     });
     return pending;
   };
+}
+
+/** This server signs no demo tokens (JWT_SECRET is set and DEMO_LOGIN is not 1). */
+class DemoLoginOff extends Error {}
+
+/** The page of a production server: no demo login, so no chat to show; say what to do instead. */
+function showProductionNotice() {
+  $("login").hidden = true;
+  $("app").hidden = true;
+  $("status").hidden = true;
+  showBanner("Sign-in is up to your app: this hub has JWT_SECRET set and demo login off. "
+    + "Your app gives its users tokens (see docs/api.md, Authentication) and serves the page "
+    + "that uses the client at static/hubbub.js. To try this demo here, set DEMO_LOGIN=1.");
+  $("banner").dataset.kind = "production";
 }
 
 /** @param {string} token @returns {number | null} the exp claim in ms, without verifying anything */
@@ -535,6 +553,19 @@ function stickToBottom() {
 // Go
 // ---------------------------------------------------------------------------
 
-if (!NAME.test(user)) showLogin(user ? "A name is 1-64 letters, digits, _ . or -." : "");
+/** Asks once whether this server has demo login at all, before anything loops on it. */
+async function demoLoginAvailable() {
+  try {
+    const reply = await fetch(`${HUB_PATH}/auth/demo-token`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ user: "probe" }),
+    });
+    return reply.status !== 403;
+  } catch {
+    return true; // unreachable now: the client's own retries will say so
+  }
+}
+
+if (!await demoLoginAvailable()) showProductionNotice();
+else if (!NAME.test(user)) showLogin(user ? "A name is 1-64 letters, digits, _ . or -." : "");
 else if (!NAME.test(roomName)) showLogin("A room name is 1-64 letters, digits, _ . or -.");
 else start(user, roomName, transport);

@@ -9,8 +9,10 @@ export interface HubbubOptions {
   /** What to subscribe to. One client is one subscription with one resume cursor. */
   channel: Channel;
   /** Called before every (re)connect and HTTP call; must return a currently valid JWT. */
-  /** Omit it when the host app signs users in with its own session cookie. */
-  getToken?: () => string | Promise<string>;
+  /** Called before every (re)connect and POST. `refresh` is true when the hub refused the last
+   *  token: never hand back a cached one then. Omit it when the host app signs users in with its
+   *  own session cookie. */
+  getToken?: (context: { refresh: boolean }) => string | Promise<string>;
   /** The hub's origin, plus a path prefix if any. Default: `location.origin`. */
   baseUrl?: string;
   /** Default "auto": WebSocket, SSE + POST when WebSocket fails twice before a welcome. */

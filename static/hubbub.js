@@ -22,9 +22,11 @@
 /**
  * @typedef {object} HubbubOptions
  * @property {Channel} channel  what to subscribe to; one client = one subscription = one cursor
- * @property {() => string | Promise<string>} [getToken]  called before every (re)connect and POST;
- *   must return a currently valid token (fetch a fresh one when the old one expired). Omit it
- *   when the host app signs users in with its own session cookie (hubbub's `authenticate` hook)
+ * @property {(context: { refresh: boolean }) => string | Promise<string>} [getToken]  called before
+ *   every (re)connect and POST; must return a currently valid token. `refresh` is true when the
+ *   hub refused the last one (expired, or signed with a secret it no longer has): never hand
+ *   back a cached token then. Omit it when the host app signs users in with its own session
+ *   cookie (hubbub's `authenticate` hook)
  * @property {string} [baseUrl]  the hub's origin (and path prefix, if any); default location.origin
  * @property {"auto" | Transport} [transport]  default "auto": WebSocket, SSE when it is blocked
  * @property {string | null} [since]  resume from this id (e.g. one kept in sessionStorage)
@@ -296,6 +298,7 @@ export class Hubbub extends EventTarget {
   #wsFailures = 0; // WebSocket attempts in a row that failed before a welcome
   #sseForGood = false; // "auto" fell back; stays on SSE for this client's life
   #refreshStreak = 0; // token refusals (4401, 401) in a row: only the first retries at once
+  #tokenRefused = false; // the last token was refused: getToken() is told to fetch a fresh one
   #everOpened = false;
   #welcomed = false;
   #openedAt = 0;
@@ -629,9 +632,11 @@ export class Hubbub extends EventTarget {
   /** The token to send; null when the page's cookies sign in (no getToken). */
   async #token() {
     if (this.#o.getToken === null) return null;
+    const refresh = this.#tokenRefused;
+    this.#tokenRefused = false;
     let token;
     try {
-      token = await this.#o.getToken();
+      token = await this.#o.getToken({ refresh });
     } catch (error) {
       throw new HubbubError("token", `getToken() failed: ${errorText(error)}`);
     }
@@ -649,6 +654,7 @@ export class Hubbub extends EventTarget {
       return await this.#request(method, path, await this.#token(), body, extraHeaders);
     } catch (error) {
       if (!(error instanceof HubbubError) || error.status !== 401) throw error;
+      this.#tokenRefused = true;
       return this.#request(method, path, await this.#token(), body, extraHeaders);
     }
   }
@@ -748,6 +754,7 @@ export class Hubbub extends EventTarget {
     if (action === "stop") return this.#stop(error, true);
     // getToken() runs before every attempt, so "refresh" is a retry; at once the
     // first time, with backoff if the fresh token is refused again.
+    if (action === "refresh") this.#tokenRefused = true;
     if (action === "refresh" && ++this.#refreshStreak === 1) return this.#retry({ now: true });
     const restarting = error.closeCode === 1012;
     this.#retry({ atLeastMs: error.retryAfterMs ?? 0, baseMs: restarting ? RESTART_SPREAD_MS : undefined });

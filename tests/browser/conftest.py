@@ -160,9 +160,12 @@ class Restartable:
 
 
 @asynccontextmanager
-async def serve_on(port: int = 0, env: dict[str, str] | None = None) -> AsyncIterator[Restartable]:
-    """Like tests.conftest.run_server, on a chosen port: SO_REUSEADDR lets a successor bind it at once."""
-    settings = Settings.from_env({"JWT_SECRET": SECRET, **DEMO_ENV, **(env or {})})
+async def serve_on(port: int = 0, env: dict[str, str] | None = None, *,
+                   secret: bool = True) -> AsyncIterator[Restartable]:
+    """Like tests.conftest.run_server, on a chosen port: SO_REUSEADDR lets a successor bind it at once.
+
+    ``secret=False``: no JWT_SECRET, as `make run` serves: an ephemeral secret of its own."""
+    settings = Settings.from_env({**({"JWT_SECRET": SECRET} if secret else {}), **DEMO_ENV, **(env or {})})
     app = create_app(settings, handle_signals=False)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import expect
@@ -201,6 +202,46 @@ async def test_a_blocked_websocket_falls_back_to_sse(demo_server: LiveServer, pa
         await assert_no_duplicates(page)
     log = await demo_log(alice)
     assert log["errors"] == [] and "closed" not in log["states"], log
+
+
+async def test_a_restart_without_jwt_secret_recovers_with_a_fresh_demo_token(pages: Pages) -> None:
+    # `make run` twice: the second process has a new ephemeral secret, so the page's cached
+    # token is refused (401 / 4401). The page must drop it and sign in again, by itself.
+    async with serve_on(secret=False) as first:
+        port = first.server.port
+        alice = await pages.open(first.server, "alice")
+        await send(alice, "before")
+        welcomes = (await demo_log(alice))["welcomes"]
+        first.drain()
+        await wait_for_drop(alice, welcomes)
+    async with serve_on(port, secret=False) as second:
+        await alice.wait_for_function("n => window.demo.log.welcomes > n", arg=welcomes,
+                                      timeout=RECONNECT_MS)
+        await expect(alice.locator("#state")).to_have_text("open")
+        await expect(alice.locator("#inbox-state")).to_have_text("open", timeout=RECONNECT_MS)
+        await send(alice, "after")
+        await post_chat_as_demo(second.server, "bob", "lobby", "hello again")
+        await expect(chat_texts(alice)).to_contain_text(["after", "hello again"])
+
+
+async def post_chat_as_demo(server: LiveServer, user: str, room: str, text: str) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        token = (await client.post("/auth/demo-token", json={"user": user})).json()["token"]
+        reply = await client.post(f"/api/rooms/{room}/messages", json={"text": text},
+                                  headers={"Authorization": f"Bearer {token}"})
+    assert reply.status_code == 202, reply.text
+
+
+async def test_a_production_server_page_says_sign_in_is_up_to_the_app(pages: Pages) -> None:
+    async with serve_on(env={"DEMO_LOGIN": "0"}) as server:
+        page = await pages.open(server.server, "alice", wait_open=False)
+        banner = page.locator("#banner")
+        await expect(banner).to_contain_text("Sign-in is up to your app")
+        await expect(page.locator("#app")).to_be_hidden()
+        await page.wait_for_timeout(1500)  # nothing retries behind it
+        requests = await page.evaluate(
+            "() => performance.getEntriesByType('resource').filter(e => e.name.includes('/auth/')).length")
+    assert requests == 1
 
 
 async def test_a_draining_server_does_not_push_the_page_onto_sse(pages: Pages) -> None:

@@ -613,4 +613,25 @@ describe("Hubbub client", () => {
     assert.equal(of("error")[0].code, "unauthorized");
     assert.notEqual(client.state, "closed");
   });
+
+  test("test_client_refused_token_asks_get_token_for_a_fresh_one", async () => {
+    // A restarted server without JWT_SECRET has a new secret: a cached token is worthless,
+    // and getToken() is told so, instead of handing the same one back forever.
+    const contexts = [];
+    let calls = 0;
+    const http = fakeFetch();
+    const fetch = async (url, init) => {
+      if (++calls === 1) return json(401, { error: "unauthorized", detail: "bad signature" });
+      return http.fetch(url, init);
+    };
+    const { client } = makeClient({
+      fetch, getToken: async (context) => { contexts.push(context); return "jwt"; },
+    });
+    client.connect();
+    await until(() => FakeWebSocket.all.length === 1, "a connection after the refusal");
+    assert.deepEqual(contexts.slice(0, 2), [{ refresh: false }, { refresh: true }]);
+    FakeWebSocket.all[0].serverClose(4401, "token expired");
+    await until(() => contexts.length >= 3, "the next token");
+    assert.deepEqual(contexts.at(-1), { refresh: true });
+  });
 });
