@@ -265,7 +265,8 @@ class _Emitter:
         from hubbub.hub.backends.redis_scripts import publish_call
 
         body = encode_body(check_channel(channel), message, sender)
-        return publish_call(self._prefix, channel, body, history_size=self._size, history_ttl_s=self._ttl_s)
+        return publish_call(self._prefix, channel, body, history_size=self._size, history_ttl_s=self._ttl_s,
+                            emitted=True)
 
 
 def _tls_options(url: str) -> dict[str, Any]:

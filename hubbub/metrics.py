@@ -56,6 +56,9 @@ class Metrics:
                                  multiprocess_mode="max", registry=r)
         self.retained = Gauge("hubbub_retained", "What the in-memory backend holds, by kind.", ["kind"],
                               multiprocess_mode="livesum", registry=r)
+        self.emitted = Gauge("hubbub_emitter_messages", "Messages published by hubbub.client's Redis "
+                             "emitters, all time (counted in Redis: no server sees them published).",
+                             ["channel_kind"], multiprocess_mode="max", registry=r)
         self.opened = Counter("hubbub_connections_opened", "Connections opened.", ["transport", "endpoint"],
                               registry=r)
         self.refused = Counter("hubbub_connections_refused", "Connections refused before they opened.",

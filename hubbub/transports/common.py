@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -89,6 +90,11 @@ class Services:
             up = await hub.backend.ping()
             metrics.backend_up.set(1 if up else 0)
             metrics.backend_rtt.set(time.perf_counter() - started)
+            emitted = getattr(hub.backend, "emitted", None)
+            if up and emitted is not None:
+                with contextlib.suppress(BackendUnavailable):
+                    for kind, count in (await emitted()).items():
+                        metrics.emitted.labels(kind).set(count)
 
     def drain(self) -> None:
         """Refuses new connections and ends live ones (WebSocket 1012, SSE end with retry hint)."""

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from hubbub.client import AsyncRedisEmitter
 from tests.conftest import make_token
 from tests.e2e.clients import SSEStream, recv_json, recv_until, sse_connect, ws_connect
 from tests.e2e.processes import REDIS_URL, Hypercorn, hypercorn
@@ -92,14 +93,25 @@ async def test_two_workers_every_counter_moves_by_exactly_the_right_amount(redis
         reply = await http.post("/api/publish", json={"channel": "broadcast", "type": "deploy", "data": 1},
                                 headers={"Authorization": f"Bearer {make_token('ci', scope='publish')}"})
         assert reply.status_code == 202
-        for member in members[1:]:
-            await recv_until(member, "chat")
+        emitter = AsyncRedisEmitter(REDIS_URL, prefix=redis_prefix)  # around the servers, via Redis
+        try:
+            for n in range(2):
+                await emitter.publish("room:m", n, type="job")
+        finally:
+            await emitter.aclose()
+        for member in members:
+            frame = await recv_until(member, "job")
+            while frame["data"] != 1:
+                frame = await recv_until(member, "job")
         await inboxes[1].until("deploy")
 
-        # 6 joins, 4 POSTs to 3 members, 2 frames to the 2 others, 3 to v0, 1 to both inboxes.
-        expected_deliveries = 6 + 4 * 3 + 2 * 2 + 3 + 2
-        samples = await settled(server, lambda s: value(s, "hubbub_deliveries_total") >= expected_deliveries)
+        # 6 joins, 4 POSTs to 3 members, 2 frames to the 2 others, 3 to v0, 1 to both inboxes,
+        # 2 emitted to 3 members.
+        expected_deliveries = 6 + 4 * 3 + 2 * 2 + 3 + 2 + 2 * 3
+        samples = await settled(server, lambda s: value(s, "hubbub_deliveries_total") >= expected_deliveries
+                                and value(s, "hubbub_emitter_messages", channel_kind="room") >= 2)
         assert value(samples, "hubbub_deliveries_total") == expected_deliveries
+        assert value(samples, "hubbub_emitter_messages", channel_kind="room") == 2
         assert value(samples, "hubbub_messages_published_total", source="http", channel_kind="room") == 4
         assert value(samples, "hubbub_messages_published_total", source="websocket", channel_kind="room") == 2
         assert value(samples, "hubbub_messages_published_total", source="api_key", channel_kind="user") == 3

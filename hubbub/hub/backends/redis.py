@@ -26,6 +26,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from hubbub.hub.backends.base import BackendUnavailable, Deliver
 from hubbub.hub.backends.redis_scripts import (
     CONNECTIONS_LUA,
+    EMITTED_KEY,
     IDEMPOTENCY_CLAIM_LUA,
     IDEMPOTENCY_RELEASE_LUA,
     PRESENCE_LUA,
@@ -327,6 +328,12 @@ class RedisBackend:
                 return bool(await self._client.ping())
         except (RedisError, TimeoutError):
             return False
+
+    async def emitted(self) -> dict[str, int]:
+        """Messages hubbub.client's emitters published, by channel kind (all time)."""
+        with _unavailable():
+            counts = cast(dict[str, str], await self._client.hgetall(f"{self._prefix}{EMITTED_KEY}"))
+        return {kind: int(n) for kind, n in counts.items()}
 
     # -- the listener: one pub/sub connection, supervised ------------------------------
 

@@ -12,10 +12,14 @@ import secrets
 
 # Per-channel counters outlive the stream, so a client back after the stream expired is told.
 META_EXTRA_TTL_S = 7 * 24 * 3600.0
+# A hash of what hubbub.client's emitters published, by channel kind: no server sees those
+# messages being published, so /metrics reads the count from here.
+EMITTED_KEY = "emitted"
 
 # Assigns the id (epoch created once in KEYS[1], one global seq), appends, trims, publishes.
 # Wire: 'm' json ['\n' origin] (compact JSON has no raw newline); live frames: 'l' json.
 # KEYS[4] makes it idempotent: a retry after a lost reply returns the first run's id.
+# KEYS[5], when given (an emitter's publish), counts it under ARGV[8] (its channel kind).
 PUBLISH_LUA = r"""
 local done = redis.call('GET', KEYS[4])
 if done then
@@ -43,9 +47,10 @@ elseif n >= size then
   redis.call('HSET', KEYS[3], 'dropped', string.match(gone[#gone][1], '^%d+'))
 end
 local fields, wire = {'m', json}, 'm' .. json
-if ARGV[7] then
+if ARGV[7] and ARGV[7] ~= '' then
   fields[3], fields[4], wire = 'o', ARGV[7], wire .. '\n' .. ARGV[7]
 end
+if KEYS[5] then redis.call('HINCRBY', KEYS[5], ARGV[8], 1) end
 redis.call('XADD', KEYS[2], 'MAXLEN', size, seq .. '-0', unpack(fields))
 redis.call('HSET', KEYS[3], 'last', seq)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -186,13 +191,17 @@ return 0
 
 
 def publish_call(prefix: str, channel: str, body_json: str, *, history_size: int, history_ttl_s: float,
-                 origin: str | None = None) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of PUBLISH_LUA for ``body_json`` (an encoded body without its id)."""
+                 origin: str | None = None, emitted: bool = False) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of PUBLISH_LUA for ``body_json`` (an encoded body without its id);
+    ``emitted``: published around the servers, counted in EMITTED_KEY."""
     ttl_ms = max(1, int(history_ttl_s * 1000))
     keys = [f"{prefix}clock", f"{prefix}h:{channel}", f"{prefix}m:{channel}",
             f"{prefix}once:{secrets.token_hex(8)}"]  # fixed per call: a retry re-sends it
     args: list[str | int] = [secrets.token_hex(4), body_json, history_size, ttl_ms,
                              int((history_ttl_s + META_EXTRA_TTL_S) * 1000), f"{prefix}c:{channel}"]
-    if origin is not None:
-        args.append(origin)
+    if origin is not None or emitted:
+        args.append(origin or "")
+    if emitted:
+        keys.append(f"{prefix}{EMITTED_KEY}")
+        args.append(channel.partition(":")[0])
     return keys, args
