@@ -30,7 +30,7 @@
  * @property {string} [baseUrl]  the hub's origin (and path prefix, if any); default location.origin
  * @property {"auto" | Transport} [transport]  default "auto": WebSocket, SSE when it is blocked
  * @property {string | null} [since]  resume from this id (e.g. one kept in sessionStorage)
- * @property {number} [minDelayMs]  backoff base, default 500
+ * @property {number} [minDelayMs]  the shortest wait before a retry, and the backoff's base, default 500
  * @property {number} [maxDelayMs]  backoff cap, default 20000
  * @property {number} [maxQueue]  sends kept while disconnected, default 100
  * @property {number} [maxMessageBytes]  refuse bigger chat frames locally (the server closes 1009), default 65536
@@ -107,9 +107,10 @@ function idempotencyKey() {
 }
 
 /**
- * Reconnect delay with full jitter: uniform in [0, min(maxMs, minMs * 2^step)).
- * Full jitter spreads the clients of a restarted server over the whole window
- * instead of bringing them back in waves (centrifuge-js utils.ts backoff()).
+ * Reconnect delay: a floor of `minMs`, plus jitter uniform in [0, min(maxMs, minMs * 2^step)),
+ * capped at `maxMs` (centrifuge-js utils.ts backoff()). The jitter spreads the clients of a
+ * restarted server over the whole window instead of bringing them back in waves; the floor
+ * keeps a client from hammering a server that just refused it.
  * @param {number} step  0 for the first retry
  * @param {number} [minMs]
  * @param {number} [maxMs]
@@ -117,8 +118,8 @@ function idempotencyKey() {
  * @returns {number} milliseconds
  */
 export function backoff(step, minMs = 500, maxMs = 20000, random = Math.random) {
-  const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(Math.max(step, 0), 16));
-  return Math.floor(random() * ceiling);
+  const jitter = Math.min(maxMs, minMs * 2 ** Math.min(Math.max(step, 0), 16));
+  return Math.min(maxMs, minMs + Math.floor(random() * jitter));
 }
 
 /**
@@ -280,10 +281,12 @@ const ROOM_NAME = /^[A-Za-z0-9_.-]{1,64}$/; // API.md "Channels"
 const STABLE_MS = 5000; // the attempt counter resets only after this long open
 const WELCOME_TIMEOUT_MS = 10000; // a proxy that upgrades but forwards nothing is a failure too
 const WS_FAILURES_BEFORE_SSE = 2;
-// After 1012 the first retry is spread over this window, not over minDelayMs: a restarting
+// After 1012 the retry is spread over this window (after minDelayMs), not over the backoff's: a restarting
 // process's clients should not all reach its successor within the same half second (API.md).
 const RESTART_SPREAD_MS = 5000;
 const SILENCE_CLOSE = 4000; // our own close for a connection gone quiet: not a server code, so "retry"
+const LIVENESS_SLACK_MS = 2000; // past two heartbeats: a slow network is not a dead one
+const REQUEST_TIMEOUT_MS = 10000; // an HTTP request (ticket, POST, history) that long unanswered failed
 const TRANSPORTS = ["auto", "websocket", "sse"];
 
 export class Hubbub extends EventTarget {
@@ -303,6 +306,7 @@ export class Hubbub extends EventTarget {
   #welcomed = false;
   #openedAt = 0;
   #lastFrameAt = 0;
+  #pingedAt = 0;
   /** @type {ReturnType<typeof setTimeout> | undefined} */ #retryTimer;
   /** @type {ReturnType<typeof setTimeout> | undefined} */ #welcomeTimer;
   /** @type {ReturnType<typeof setInterval> | undefined} */ #heartbeatTimer;
@@ -468,6 +472,8 @@ export class Hubbub extends EventTarget {
     if (this.#room !== null) params.set("room", this.#room);
     // EventSource cannot set Last-Event-ID on a fresh EventSource: the server takes a query param.
     if (this.lastId) params.set(transport === "websocket" ? "since" : "last_event_id", this.lastId);
+    // EventSource hides comments: ask for heartbeats the page can see, to tell quiet from dead.
+    if (transport === "sse") params.set("heartbeat", "1");
     params.set("ticket", ticket);
     const base = transport === "websocket" ? this.#o.baseUrl.replace(/^http/, "ws") : this.#o.baseUrl;
     const prefix = transport === "websocket" ? "ws" : "sse";
@@ -504,7 +510,7 @@ export class Hubbub extends EventTarget {
       case "ack": return this.#onAck(frame);
       case "error": return this.#onErrorFrame(frame);
       case "resync": return this.#emit("resync", frame);
-      case "pong": return;
+      case "pong": case "ping": return;
       default: return this.#onMessage(frame);
     }
   }
@@ -672,6 +678,8 @@ export class Hubbub extends EventTarget {
     try {
       reply = await this.#o.fetch(this.#o.baseUrl + path, {
         method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+        // A request on a connection gone silent would otherwise wait for ever (no TCP error comes).
+        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
       });
     } catch (error) {
       throw new HubbubError("network", `${method} ${path}: ${errorText(error)}`);
@@ -757,12 +765,19 @@ export class Hubbub extends EventTarget {
     if (action === "refresh") this.#tokenRefused = true;
     if (action === "refresh" && ++this.#refreshStreak === 1) return this.#retry({ now: true });
     const restarting = error.closeCode === 1012;
-    this.#retry({ atLeastMs: error.retryAfterMs ?? 0, baseMs: restarting ? RESTART_SPREAD_MS : undefined });
+    this.#retry({ atLeastMs: error.retryAfterMs ?? 0, spreadMs: restarting ? RESTART_SPREAD_MS : undefined });
   }
 
-  /** @param {{ now?: boolean, atLeastMs?: number, baseMs?: number }} [when] */
-  #retry({ now = false, atLeastMs = 0, baseMs = this.#o.minDelayMs } = {}) {
-    const delay = now ? 0 : Math.max(atLeastMs, backoff(this.#attempt++, baseMs, this.#o.maxDelayMs));
+  /** @param {{ now?: boolean, atLeastMs?: number, spreadMs?: number }} [when]  spreadMs: jitter over this window */
+  #retry({ now = false, atLeastMs = 0, spreadMs } = {}) {
+    const { minDelayMs, maxDelayMs } = this.#o;
+    let delay = 0;
+    if (!now) {
+      const step = this.#attempt++;
+      const wait = spreadMs === undefined ? backoff(step, minDelayMs, maxDelayMs)
+        : Math.min(maxDelayMs, minDelayMs + Math.floor(Math.random() * spreadMs));
+      delay = Math.max(atLeastMs, wait);
+    }
     this.#setState("reconnecting", this.#nextTransport());
     clearTimeout(this.#retryTimer);
     this.#retryTimer = setTimeout(() => {
@@ -801,18 +816,26 @@ export class Hubbub extends EventTarget {
   }
 
   /**
-   * Browsers answer the server's protocol pings without telling the page, so a
-   * silently dead network is found by our own ping when the line goes quiet.
+   * Liveness on both transports. A silently dead network (a NAT that dropped the flow, a
+   * proxy gone quiet) shows no error: the line just goes silent. On SSE the server sends a
+   * ping event every heartbeat (asked for with heartbeat=1); on WebSocket browsers answer
+   * the server's protocol pings without telling the page, so the client sends its own ping
+   * once the line is quiet for a heartbeat. Silent for two heartbeats and a little more:
+   * dropped, and the client reconnects and resumes.
    * @param {number} heartbeatS  the server's HEARTBEAT_INTERVAL from the welcome
    */
   #startHeartbeat(heartbeatS) {
-    if (this.#transport !== "websocket" || !(heartbeatS > 0)) return;
+    if (!(heartbeatS > 0)) return;
     const intervalMs = Math.max(1000, heartbeatS * 1000);
+    const deadlineMs = 2 * intervalMs + LIVENESS_SLACK_MS;
     this.#heartbeatTimer = setInterval(() => {
       const silentMs = Date.now() - this.#lastFrameAt;
-      if (silentMs >= 2 * intervalMs + 5000) this.#drop(`nothing from the server for ${silentMs} ms`);
-      else if (silentMs >= intervalMs) this.#conn?.send('{"type":"ping"}');
-    }, intervalMs);
+      if (silentMs >= deadlineMs) this.#drop(`nothing from the server for ${silentMs} ms`);
+      else if (this.#transport === "websocket" && silentMs >= intervalMs && Date.now() - this.#pingedAt >= intervalMs) {
+        this.#pingedAt = Date.now(); // once a heartbeat while quiet, not at every check
+        this.#conn?.send('{"type":"ping"}');
+      }
+    }, intervalMs / 2);
   }
 
   // --- waking up early ---------------------------------------------------

@@ -42,6 +42,10 @@ _HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X
 _START = {"type": "http.response.start", "status": 200, "headers": raw_headers(_HEADERS)}
 _HEARTBEAT = ServerSentEvent(comment="", sep="\n").encode()
 _HEARTBEAT_CHUNK = http_chunk(_HEARTBEAT)
+# With ?heartbeat=1 the heartbeat is an event the page sees (EventSource hides comments), so
+# a client can tell a quiet stream from a dead one. Without it, curl -N output is unchanged.
+_PING = ServerSentEvent('{"type":"ping"}', sep="\n").encode()
+_PING_CHUNK = http_chunk(_PING)
 SEND_PIECE_BYTES = 32 * 1024
 _BACKEND_DOWN_EVENT = '{"type":"error","code":"unavailable","detail":"backend unavailable"}'
 
@@ -116,6 +120,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
             await send(start)
             started = True
             connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge)
+            connection.visible_heartbeat = request.args.get("heartbeat") == "1"
             await connection.greet(welcome_frame(channels[0], principal.user, sub.recovered,
                                                  svc.settings.heartbeat_interval_s))
             await connection.run(receive)
@@ -127,7 +132,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
 
 
 class SSEConnection(LiveConnection):
-    __slots__ = ("_beat",)
+    __slots__ = ("_beat", "visible_heartbeat")
 
     transport = "sse"
     frame_attribute = "sse_chunk"
@@ -135,6 +140,7 @@ class SSEConnection(LiveConnection):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._beat: asyncio.Task[None] | None = None  # a heartbeat through the server (HTTP/2)
+        self.visible_heartbeat = False  # a ping event instead of a comment (?heartbeat=1)
 
     def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
         return scope.get("http_version") == "1.1"  # chunked bodies: HTTP/1.1 only
@@ -161,13 +167,14 @@ class SSEConnection(LiveConnection):
 
     def heartbeat(self) -> None:
         if self.direct is not None:
-            self.direct.write_if_room(_HEARTBEAT_CHUNK)
+            self.direct.write_if_room(_PING_CHUNK if self.visible_heartbeat else _HEARTBEAT_CHUNK)
         elif self._beat is None:
             self._beat = asyncio.ensure_future(self._send_heartbeat())
 
     async def _send_heartbeat(self) -> None:
         try:
-            await self.send({"type": "http.response.body", "body": _HEARTBEAT, "more_body": True})
+            body = _PING if self.visible_heartbeat else _HEARTBEAT
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
         finally:
             self._beat = None
 

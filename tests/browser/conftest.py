@@ -188,3 +188,56 @@ def short_token_route(ttl_s: float, calls: list[dict[str, Any]]) -> Callable[[An
                             body=json.dumps({"token": token, "expires_in": ttl}))
 
     return handle
+
+
+# -- a network path that goes silent without closing --------------------------------
+
+
+class SilentProxy:
+    """A TCP proxy in front of a server. ``silence()`` makes every connection through it go
+    quiet both ways without closing (what a NAT that dropped its flows, or a hung proxy, does
+    to a browser); connections opened afterwards go through as before."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._listener: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.sockets[0].getsockname()[1]}" if self._listener else ""
+
+    async def __aenter__(self) -> SilentProxy:
+        self._listener = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._listener is not None
+        self._listener.close()
+        self.silence()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    def silence(self) -> None:
+        """Every open connection stops carrying bytes, in both directions, and stays open."""
+        for pipe in self._pipes:
+            pipe.cancel()
+        self._pipes.clear()
+
+    async def _connect(self, client_reader: asyncio.StreamReader,
+                       client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writers += [client_writer, server_writer]
+        for source, sink in ((client_reader, server_writer), (server_reader, client_writer)):
+            pipe = asyncio.create_task(self._pipe(source, sink))
+            self._pipes.add(pipe)
+            pipe.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+        sink.close()

@@ -12,9 +12,11 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import expect
 
 from tests.browser.conftest import (
+    DEMO_ENV,
     EXPECT_MS,
     RECONNECT_MS,
     Pages,
+    SilentProxy,
     assert_no_duplicates,
     chat_texts,
     demo_log,
@@ -23,7 +25,7 @@ from tests.browser.conftest import (
     serve_on,
     short_token_route,
 )
-from tests.conftest import LiveServer, make_token
+from tests.conftest import LiveServer, ServerFactory, make_token
 
 pytestmark = pytest.mark.browser
 
@@ -66,6 +68,35 @@ async def test_connections_dropped_mid_conversation_resume_with_every_message_on
     await post_chat(demo_server, "bob", "lobby", "after")
     await expect(chat_texts(alice)).to_have_text([*expected, "after"])
     await expect(alice.locator("#transport")).to_have_text(transport or "websocket")
+
+
+# Two heartbeats (1 s here) and the slack to notice, a ticket request that may sit on a
+# silenced keep-alive connection until its 10 s timeout, then the backoff and the welcome.
+SILENT_PATH_MS = 30_000
+
+
+@pytest.mark.parametrize("transport", [None, "sse"], ids=["websocket", "sse"])
+async def test_a_path_gone_silent_is_noticed_and_the_page_resumes_losing_nothing(
+        server_factory: ServerFactory, pages: Pages, transport: str | None) -> None:
+    # No close, no error, no FIN: the bytes just stop, as when a NAT drops its flows.
+    server = await server_factory({**DEMO_ENV, "HEARTBEAT_INTERVAL": "1"})
+    async with SilentProxy(server.port) as proxy:
+        alice = await pages.open(proxy.url, "alice", transport=transport)
+        await post_chat(server, "bob", "lobby", "before")
+        await expect(chat_texts(alice)).to_have_text(["before"])
+        welcomes = (await demo_log(alice))["welcomes"]
+
+        proxy.silence()
+        away = [f"while silent {n}" for n in range(3)]
+        for text in away:
+            await post_chat(server, "bob", "lobby", text)  # straight to the server: it is fine
+        await expect(chat_texts(alice)).to_have_text(["before", *away], timeout=SILENT_PATH_MS)
+        await expect(alice.locator("#state")).to_have_text("open")
+        log = await demo_log(alice)
+        assert log["welcomes"] > welcomes, "it never reconnected"
+        assert log["resyncs"] == [], "it reloaded history instead of resuming from its cursor"
+        await assert_no_duplicates(alice)
+        await expect(alice.locator("#transport")).to_have_text(transport or "websocket")
 
 
 async def test_a_real_restart_on_the_same_port_reconnects_and_resyncs(pages: Pages) -> None:

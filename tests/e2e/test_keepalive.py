@@ -56,6 +56,26 @@ async def test_sse_sends_heartbeat_comments(server_factory: ServerFactory) -> No
         assert sse.comments >= 3  # the first flush, then one every 0.2 s
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "http2"])
+async def test_sse_heartbeat_is_a_ping_event_when_asked(server_factory: ServerFactory, http2: bool) -> None:
+    # ?heartbeat=1: a data event EventSource shows the page (comments it hides), without an
+    # id, so the cursor stays; over HTTP/2 it goes through the server rather than the socket.
+    server = await server_factory(FAST_HEARTBEAT)
+    path = f"/sse/chat?room=lobby&heartbeat=1&token={server.token('alice')}"
+    async with server.http(http1=not http2, http2=http2) as client, sse_connect(client, path) as sse:
+        assert sse.response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+        assert (await sse.next_json())["type"] == "welcome"
+        assert (await sse.next_json())["type"] == "join"  # her own
+        pings = [await sse.next(timeout=2.0) for _ in range(3)]
+        comments = sse.comments
+        reply = await client.post("/api/rooms/lobby/messages", content=b"between beats",
+                                  headers={"Authorization": f"Bearer {server.token('bob')}"})
+        chat = await sse.until("chat")
+    assert all(p is not None and json.loads(p.data) == {"type": "ping"} and not p.id for p in pings), pings
+    assert comments == 1  # only the first flush: every later heartbeat was a ping event
+    assert chat["id"] == reply.json()["id"]
+
+
 async def test_sse_stream_outlives_quart_response_timeout(server_factory: ServerFactory) -> None:
     server = await server_factory(FAST_HEARTBEAT, app_config={"RESPONSE_TIMEOUT": 1})
     token = server.token("alice")

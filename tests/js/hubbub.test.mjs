@@ -8,34 +8,36 @@ import {
 } from "../../static/hubbub.js";
 
 describe("backoff", () => {
-  test("test_backoff_random_zero_gives_zero", () => {
-    assert.equal(backoff(5, 500, 20000, () => 0), 0);
+  test("test_backoff_never_below_the_floor", () => {
+    assert.equal(backoff(5, 500, 20000, () => 0), 500);
+    assert.equal(backoff(0, 500, 20000, () => 0), 500);
   });
 
-  test("test_backoff_ceiling_doubles_per_step_from_min", () => {
+  test("test_backoff_jitter_window_doubles_per_step_from_min", () => {
     const almostOne = () => 0.999999;
-    assert.equal(backoff(0, 500, 20000, almostOne), 499);
-    assert.equal(backoff(1, 500, 20000, almostOne), 999);
-    assert.equal(backoff(3, 500, 20000, almostOne), 3999);
+    assert.equal(backoff(0, 500, 20000, almostOne), 999);
+    assert.equal(backoff(1, 500, 20000, almostOne), 1499);
+    assert.equal(backoff(3, 500, 20000, almostOne), 4499);
   });
 
   test("test_backoff_large_step_capped_at_max", () => {
     const almostOne = () => 0.999999;
-    assert.equal(backoff(6, 500, 20000, almostOne), 19999);
-    assert.equal(backoff(1000, 500, 20000, almostOne), 19999); // 2**step must not overflow to NaN/Infinity
+    assert.equal(backoff(6, 500, 20000, almostOne), 20000);
+    assert.equal(backoff(1000, 500, 20000, almostOne), 20000); // 2**step must not overflow to NaN/Infinity
   });
 
-  test("test_backoff_full_jitter_spreads_over_whole_window", () => {
+  test("test_backoff_jitter_spreads_over_the_whole_window_above_the_floor", () => {
     const delays = Array.from({ length: 2000 }, () => backoff(10));
-    assert.ok(delays.every((d) => Number.isInteger(d) && d >= 0 && d < 20000));
-    // Full jitter, not "half" or "equal" jitter: both ends of [0, cap) are reached.
-    assert.ok(delays.some((d) => d < 2000), "some delays near 0");
+    assert.ok(delays.every((d) => Number.isInteger(d) && d >= 500 && d <= 20000));
+    // Jitter over the whole window, not "equal" jitter: both ends are reached.
+    assert.ok(delays.some((d) => d < 2500), "some delays near the floor");
     assert.ok(delays.some((d) => d > 18000), "some delays near the cap");
   });
 
   test("test_backoff_defaults_and_negative_step", () => {
-    assert.ok(backoff(0) < 500);
-    assert.equal(backoff(-3, 500, 20000, () => 0.5), 250);
+    const first = backoff(0);
+    assert.ok(first >= 500 && first < 1000);
+    assert.equal(backoff(-3, 500, 20000, () => 0.5), 750);
   });
 });
 
@@ -568,6 +570,44 @@ describe("Hubbub client", () => {
       client.close();
       mock.timers.reset();
     }
+  });
+
+  test("test_client_silent_event_stream_is_dropped_after_two_heartbeats", async () => {
+    mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"] });
+    const settle = async (check) => {
+      for (let i = 0; i < 1000 && !check(); i++) await new Promise((resolve) => setImmediate(resolve));
+      assert.ok(check());
+    };
+    const { client } = makeClient({ transport: "sse" });
+    client.connect();
+    try {
+      await settle(() => FakeEventSource.all.length === 1);
+      const es = FakeEventSource.all[0];
+      assert.equal(es.url.searchParams.get("heartbeat"), "1", "asks for heartbeats it can see");
+      es.receive({ type: "welcome", user: "alice", recovered: null, heartbeat: 15 });
+      mock.timers.tick(15000);
+      es.receive({ type: "ping" });
+      mock.timers.tick(30000);
+      assert.equal(es.closed, false, "the ping kept it alive");
+      mock.timers.tick(7500); // 37.5 s since the ping: past 2 heartbeats + 2 s
+      assert.equal(es.closed, true);
+      assert.equal(client.state, "reconnecting");
+      mock.timers.tick(10);
+      await settle(() => FakeEventSource.all.length === 2);
+      assert.deepEqual(FakeEventSource.all[1].url.searchParams.get("heartbeat"), "1");
+    } finally {
+      client.close();
+      mock.timers.reset();
+    }
+  });
+
+  test("test_client_ping_frames_are_not_messages", async () => {
+    const { client, of } = makeClient({ transport: "sse" });
+    client.connect();
+    await until(() => FakeEventSource.all.length === 1);
+    FakeEventSource.all[0].receive({ type: "welcome", user: "alice", recovered: null, heartbeat: 15 });
+    FakeEventSource.all[0].receive({ type: "ping" });
+    assert.deepEqual(of("message"), []);
   });
 
   test("test_client_rejects_bad_options", () => {
