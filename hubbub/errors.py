@@ -1,36 +1,41 @@
-"""Every error a client can see: its JSON code, HTTP status and WebSocket close code, in one table.
+"""Every error a client can see: its JSON code, HTTP status and WebSocket close code.
 
-Mirrored by ``CLOSE_CODES`` / ``ERROR_CODES`` in static/hubbub.js.
+Codes and statuses come from static/protocol.json, which the browser client imports too
+(hubbub/protocol.py); each error here says which code it is and how it closes a WebSocket.
 ``Refused`` is the one a host app raises itself (from an ``on_publish`` hook).
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from quart import Response
 
 from hubbub.hub.message import dumps
+from hubbub.protocol import CLOSE_CODES, ERROR_STATUS
 
 
-class Close(IntEnum):
-    NORMAL = 1000
-    TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
-    BAD_REQUEST = 4400
-    UNAUTHORIZED = 4401
-    FORBIDDEN = 4403
-    TOO_MANY_CONNECTIONS = 4429
+class Close:
+    """WebSocket close codes by name (protocol.json)."""
+
+    NORMAL = CLOSE_CODES["normal"]
+    TOO_LARGE = CLOSE_CODES["too_large"]
+    INTERNAL_ERROR = CLOSE_CODES["internal_error"]
+    RESTARTING = CLOSE_CODES["restarting"]
+    TRY_AGAIN_LATER = CLOSE_CODES["try_again_later"]
+    BAD_REQUEST = CLOSE_CODES["bad_request"]
+    UNAUTHORIZED = CLOSE_CODES["unauthorized"]
+    FORBIDDEN = CLOSE_CODES["forbidden"]
+    TOO_MANY_CONNECTIONS = CLOSE_CODES["too_many_connections"]
 
 
 class HubError(Exception):
     """A client-facing error: ``code`` and ``detail`` go in the JSON body or error frame."""
 
     code = "internal_error"
-    status = 500
+    status = ERROR_STATUS[code]
     close_code: int = Close.INTERNAL_ERROR
+
+    def __init_subclass__(cls) -> None:
+        cls.status = ERROR_STATUS[cls.code]  # a code missing from protocol.json fails at import
 
     def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
         super().__init__(detail)
@@ -61,65 +66,65 @@ class HubError(Exception):
 
 
 class BadRequest(HubError):
-    code, status, close_code = "bad_request", 400, Close.BAD_REQUEST
+    code, close_code = "bad_request", Close.BAD_REQUEST
 
 
 class Unauthorized(HubError):
-    code, status, close_code = "unauthorized", 401, Close.UNAUTHORIZED
+    code, close_code = "unauthorized", Close.UNAUTHORIZED
 
 
 class Forbidden(HubError):
-    code, status, close_code = "forbidden", 403, Close.FORBIDDEN
+    code, close_code = "forbidden", Close.FORBIDDEN
 
 
 class NotFound(HubError):
-    code, status, close_code = "not_found", 404, Close.BAD_REQUEST
+    code, close_code = "not_found", Close.BAD_REQUEST
 
 
 class MethodNotAllowed(HubError):
-    code, status, close_code = "method_not_allowed", 405, Close.BAD_REQUEST
+    code, close_code = "method_not_allowed", Close.BAD_REQUEST
 
 
 class TooLarge(HubError):
-    code, status, close_code = "too_large", 413, Close.TOO_BIG
+    code, close_code = "too_large", Close.TOO_LARGE
 
 
 class UnsupportedMediaType(HubError):
-    code, status, close_code = "unsupported_media_type", 415, Close.BAD_REQUEST
+    code, close_code = "unsupported_media_type", Close.BAD_REQUEST
 
 
 class RateLimited(HubError):
-    code, status, close_code = "rate_limited", 429, Close.TRY_AGAIN_LATER
+    code, close_code = "rate_limited", Close.TRY_AGAIN_LATER
 
 
 class TooManyConnections(HubError):
-    code, status, close_code = "rate_limited", 429, Close.TOO_MANY_CONNECTIONS
+    code, close_code = "rate_limited", Close.TOO_MANY_CONNECTIONS
 
 
 class Unavailable(HubError):
-    code, status, close_code = "unavailable", 503, Close.TRY_AGAIN_LATER
+    code, close_code = "unavailable", Close.TRY_AGAIN_LATER
 
 
 class Refused(HubError):
     """Raised by an ``on_publish`` hook to refuse a message; its text reaches the sender
     (WebSocket: an error frame, the connection stays open; HTTP: 422)."""
 
-    code, status, close_code = "refused", 422, Close.BAD_REQUEST
+    code, close_code = "refused", Close.BAD_REQUEST
 
 
 class HookFailed(HubError):
     """A hook of the host app raised: logged once; the client gets an error, not a dead connection."""
 
-    code, status, close_code = "internal_error", 500, Close.INTERNAL_ERROR
+    code, close_code = "internal_error", Close.INTERNAL_ERROR
 
 
 class IdempotencyMismatch(HubError):
     """An Idempotency-Key used again with another body."""
 
-    code, status, close_code = "idempotency_mismatch", 422, Close.BAD_REQUEST
+    code, close_code = "idempotency_mismatch", Close.BAD_REQUEST
 
 
 class IdempotencyInProgress(HubError):
     """An Idempotency-Key whose first request is still running."""
 
-    code, status, close_code = "idempotency_in_progress", 409, Close.TRY_AGAIN_LATER
+    code, close_code = "idempotency_in_progress", Close.TRY_AGAIN_LATER

@@ -29,6 +29,7 @@ from hubbub.hub.hub import Hub
 from hubbub.hub.message import dumps
 from hubbub.limits import ConnectionLimits
 from hubbub.metrics import Metrics, channel_kind, multiprocess
+from hubbub.protocol import ERROR_STATUS
 from hubbub.transports import admin, http, hypercorn_bridge, publishing, site, sse, websocket
 from hubbub.transports.asgi import LiveRouter
 from hubbub.transports.common import AuthenticateHook, PublishHook, Services, cors_headers
@@ -38,9 +39,8 @@ log = logging.getLogger("hubbub")
 METRICS_SYNC_S = 1.0  # deliveries and queue depths reach the metrics at most this late
 PING_EVERY_SYNCS = 5  # the backend is pinged every 5 s for hubbub_backend_up and its round trip
 
-HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                    405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
-                    429: "rate_limited", 503: "unavailable"}  # werkzeug's own errors, as JSON
+# werkzeug's own errors, as JSON: the first code of protocol.json with their status.
+HTTP_ERROR_CODES = {status: code for code, status in reversed(ERROR_STATUS.items())}
 
 
 def build_backend(settings: Settings) -> Backend:

@@ -7,6 +7,9 @@
  * guide: docs/client.md. No dependencies, no build step; imports cleanly in Node.
  */
 
+// Close codes, error codes and frame types: the same file the server reads.
+import PROTOCOL from "./protocol.json" with { type: "json" };
+
 // ---------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------
@@ -49,7 +52,7 @@
 /** @typedef {{ data(text: string): void, close(code: number, reason: string): void }} ConnectionEvents */
 
 // ---------------------------------------------------------------------------
-// Tables mirrored from the server (API.md "Limits and bad input")
+// The protocol's tables: protocol.json, the file the server reads too
 // ---------------------------------------------------------------------------
 
 /**
@@ -57,34 +60,15 @@
  * (1001, 1005, 1006, ...) are network or browser failures: retry with backoff.
  * 1000 only ends a session on purpose (the server has its own code for every
  * reason it wants a client back), so the client stays away.
- * @type {Readonly<Record<number, { name: string, action: CloseAction }>>}
  */
-export const CLOSE_CODES = Object.freeze({
-  1000: { name: "normal", action: "stop" },
-  1009: { name: "too_large", action: "retry" },
-  1011: { name: "internal_error", action: "retry" },
-  1012: { name: "restarting", action: "retry" },
-  1013: { name: "try_again_later", action: "retry" },
-  4400: { name: "bad_request", action: "stop" },
-  4401: { name: "unauthorized", action: "refresh" },
-  4403: { name: "forbidden", action: "stop" },
-  4429: { name: "too_many_connections", action: "retry" },
-});
+export const CLOSE_CODES = /** @type {Readonly<Record<number, { name: string, action: CloseAction }>>} */ (
+  Object.freeze(Object.fromEntries(
+    Object.entries(PROTOCOL.close_codes).map(([code, entry]) => [Number(code), Object.freeze(entry)]),
+  ))
+);
 
 /** HTTP error codes of the hub (`{"error": CODE}`) and their statuses. @type {Readonly<Record<string, number>>} */
-export const ERROR_CODES = Object.freeze({
-  bad_request: 400,
-  unauthorized: 401,
-  forbidden: 403,
-  not_found: 404,
-  method_not_allowed: 405,
-  too_large: 413,
-  unsupported_media_type: 415,
-  refused: 422,
-  rate_limited: 429,
-  internal_error: 500,
-  unavailable: 503,
-});
+export const ERROR_CODES = Object.freeze({ ...PROTOCOL.errors });
 
 /**
  * What to do after a close. The hub's 44xx codes are 4000 + the HTTP status,

@@ -17,6 +17,7 @@ from typing import Any
 from sse_starlette.event import ServerSentEvent
 
 from hubbub.hub.wire import http_chunk, websocket_text_frame
+from hubbub.protocol import SERVER_FRAMES
 
 # Fields the hub owns; a client's values for them are overwritten.
 STAMPED_FIELDS = ("id", "channel", "sender", "timestamp")
@@ -51,8 +52,8 @@ def encode_body(channel: str, body: dict[str, Any], sender: str | None) -> str:
     return dumps(stamped)
 
 
-# hubbub's own frames: a published event may not pass for one of them.
-RESERVED_TYPES = frozenset({"welcome", "ack", "error", "join", "leave", "resync", "pong", "presence"})
+# hubbub's own frames (protocol.json): a published event may not pass for one of them.
+RESERVED_TYPES = SERVER_FRAMES
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from hubbub.errors import BadRequest, UnsupportedMediaType
+from hubbub.protocol import CLIENT_FRAMES
 
 MAX_REF_LENGTH = 128
 
@@ -90,7 +91,7 @@ def parse_frame(data: str | bytes) -> ClientFrame:
         return ClientFrame("auth", token=_unicode(token, "token"))
     if not isinstance(kind, str):
         raise BadRequest("a frame must be a JSON object with a string 'type'")
-    raise BadRequest(f"unknown type {kind[:40]!r}: expected 'chat' or 'ping'")
+    raise BadRequest(f"unknown type {kind[:40]!r}: expected one of {', '.join(sorted(CLIENT_FRAMES))}")
 
 
 def chat_text_from_body(content_type: str, body: bytes) -> str:

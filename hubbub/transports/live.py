@@ -46,13 +46,13 @@ class Closing:
 
 SLOW_CONSUMER = Closing(Close.TRY_AGAIN_LATER, "slow consumer: resume from your last id")
 TOKEN_EXPIRED = Closing(Close.UNAUTHORIZED, "token expired")
-RESTARTING = Closing(Close.SERVICE_RESTART, "server restarting")
+RESTARTING = Closing(Close.RESTARTING, "server restarting")
 BACKEND_DOWN = Closing(Close.TRY_AGAIN_LATER, "backend unavailable")
 PEER_GONE = Closing(Close.NORMAL, "")
 # A write through the server that the peer does not take within this long is a slow consumer
 # (the direct path does not wait: it queues in the bounded outbox instead).
 SEND_TIMEOUT_S = 10.0
-TOO_BIG = Closing(Close.TOO_BIG, "message too big")
+TOO_BIG = Closing(Close.TOO_LARGE, "message too big")
 INTERNAL_ERROR = Closing(Close.INTERNAL_ERROR, "internal error")
 
 
@@ -179,7 +179,7 @@ class LiveConnection:
         if self.closing is not None:
             return
         self.closing = closing
-        if closing.code == Close.TOO_BIG:
+        if closing.code == Close.TOO_LARGE:
             self.svc.metrics.dropped.labels("too_big").inc()
         self.sub.stop_writing()
         self.sub.close()  # nothing new is queued; waiters on the outbox wake up

@@ -15,18 +15,10 @@ from hubbub._version import __version__
 from hubbub.auth import bearer_token
 from hubbub.errors import NotFound, Unauthorized
 from hubbub.hub.message import dumps
+from hubbub.protocol import STATIC_DIR
 from hubbub.transports.common import services
 
 bp = Blueprint("site", __name__)
-def _static_dir() -> Path:
-    """The browser client and demo files: inside the package when installed from a wheel,
-    at the top of the repository in a checkout (an editable install)."""
-    package = Path(__file__).resolve().parents[1]
-    packaged = package / "static"
-    return packaged if packaged.is_dir() else package.parent / "static"
-
-
-STATIC_DIR = _static_dir()
 
 
 # The demo page loads its own modules and stylesheet and talks to its own origin only

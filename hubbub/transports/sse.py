@@ -181,7 +181,7 @@ class SSEConnection(LiveConnection):
     async def send_ending(self, closing: Closing) -> None:
         """A restart says when to come back; an expired token or a slow reader just ends."""
         body = b""
-        if closing.code == Close.SERVICE_RESTART:
+        if closing.code == Close.RESTARTING:
             body = _retry_event()
         elif closing is BACKEND_DOWN:
             body = _retry_event(_BACKEND_DOWN_EVENT)

@@ -264,7 +264,7 @@ class WebSocketConnection(LiveConnection):
                 continue  # our close frame is out: wait for the peer's
             data = _data(event)
             if too_big(data, max_bytes):  # the bridge refuses it sooner, where there is one
-                self.end(Closing(Close.TOO_BIG, f"messages are limited to {max_bytes} bytes"))
+                self.end(Closing(Close.TOO_LARGE, f"messages are limited to {max_bytes} bytes"))
                 continue
             try:
                 await self.handle(data)
