@@ -8,9 +8,11 @@ TEST_STAMP = $(VENV)/.test-$(SUM)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: setup run test test-fast lint bench bench-quick clean
+JS_CHECKS = tests/js/node_modules/.package-lock.json
 
-setup: $(TEST_STAMP)
+.PHONY: setup run test test-fast lint lint-js bench bench-quick clean
+
+setup: $(TEST_STAMP) $(JS_CHECKS)
 
 $(BIN)/python:
 	@echo "==> creating $(VENV) with $(PYTHON)"
@@ -31,21 +33,31 @@ $(TEST_STAMP): $(RUN_STAMP)
 	rm -f $(VENV)/.test-*
 	touch $@
 
+# TypeScript, to check the browser client's types (npm ci: the exact version of package-lock.json).
+$(JS_CHECKS): tests/js/package.json tests/js/package-lock.json
+	@echo "==> installing the client's type checker (tests/js)"
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+
 run: $(RUN_STAMP)
 	@echo "==> serving the demo on http://$(HOST):$(PORT) (another port: make run PORT=9000; Ctrl-C stops)"
 	@$(BIN)/python -m app serve --host $(HOST) --port $(PORT)
 
-test: setup
+test: setup lint-js
 	$(BIN)/ruff check hubbub app tests $(wildcard bench) $(wildcard examples)
 	$(BIN)/mypy hubbub app
 	$(BIN)/pytest
-	@if [ -d tests/js ]; then node --test tests/js/; fi
+	node --test tests/js/
+
+# The browser client's JSDoc, and hubbub.d.ts against the implementation (tests/js/tsconfig.json).
+lint-js: $(JS_CHECKS)
+	rm -rf tests/js/types/generated
+	cd tests/js && npx --no-install tsc -p tsconfig.declarations.json && npx --no-install tsc -p tsconfig.json
 
 # Unit and backend tests only: seconds, no browser.
 test-fast: setup
 	$(BIN)/pytest tests/unit tests/backends -q
 
-lint: setup
+lint: setup lint-js
 	$(BIN)/ruff check hubbub app tests $(wildcard bench) $(wildcard examples)
 	$(BIN)/mypy hubbub app
 
@@ -59,4 +71,4 @@ bench-quick: setup
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist tests/js/node_modules tests/js/types/generated

@@ -1,4 +1,6 @@
-// Hand-written declarations of static/hubbub.js. Guide: docs/client.md.
+// Declarations of static/hubbub.js, written by hand for typed events and documentation;
+// `make test` checks them against the implementation with tsc (tests/js/tsconfig.json).
+// Guide: docs/client.md.
 
 export type State = "connecting" | "open" | "reconnecting" | "closed";
 export type Transport = "websocket" | "sse";
@@ -8,10 +10,9 @@ export type Channel = { room: string } | { notifications: true };
 export interface HubbubOptions {
   /** What to subscribe to. One client is one subscription with one resume cursor. */
   channel: Channel;
-  /** Called before every (re)connect and HTTP call; must return a currently valid JWT. */
-  /** Called before every (re)connect and POST. `refresh` is true when the hub refused the last
-   *  token: never hand back a cached one then. Omit it when the host app signs users in with its
-   *  own session cookie. */
+  /** Called before every (re)connect and HTTP call; must return a currently valid JWT.
+   *  `refresh` is true when the hub refused the last token: never hand back a cached one then.
+   *  Omit it when the host app signs users in with its own session cookie. */
   getToken?: (context: { refresh: boolean }) => string | Promise<string>;
   /** The hub's origin, plus a path prefix if any. Default: `location.origin`. */
   baseUrl?: string;
@@ -19,7 +20,7 @@ export interface HubbubOptions {
   transport?: "auto" | Transport;
   /** Resume from this message id (e.g. one kept in sessionStorage). */
   since?: string | null;
-  /** Backoff base in ms. Default 500. */
+  /** The shortest wait before a retry, and the backoff's base, in ms. Default 500. */
   minDelayMs?: number;
   /** Backoff cap in ms. Default 20000. */
   maxDelayMs?: number;
@@ -146,7 +147,7 @@ export declare class HubbubError extends Error {
   readonly retryAfterMs: number | undefined;
 }
 
-/** Full-jitter delay in ms: uniform in [0, min(maxMs, minMs * 2^step)). */
+/** Retry delay in ms: minMs plus jitter uniform in [0, min(maxMs, minMs * 2^step)), at most maxMs. */
 export declare function backoff(step: number, minMs?: number, maxMs?: number, random?: () => number): number;
 
 /** Remembers delivered ids: same epoch and seq <= last is a repeat; a new epoch resets. */
