@@ -76,6 +76,7 @@ def describe(settings: Settings) -> list[str]:
         "MAX_MESSAGE_BYTES": s.max_message_bytes,
         "MAX_CONNECTIONS_PER_USER": s.max_connections_per_user,
         "MAX_CONNECTIONS": s.max_connections or "(90% of the file-descriptor limit)",
+        "MAX_CHANNELS_PER_CONNECTION": s.max_channels_per_connection,
         "OUTBOX_SIZE": s.outbox_size,
         "DEMO_LOGIN": "on" if s.demo_login_enabled else "off",
         "WEBSOCKET_COMPRESSION": "on" if s.websocket_compression else "off",

@@ -98,6 +98,7 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     max_connections_per_user: int = 20
     max_connections: int = 0  # live connections per process; 0: derived from the fd limit
+    max_channels_per_connection: int = 128  # /ws and /sse: rooms (+ notifications) on one connection
     publish_rate_limit_per_second: float = 50.0
     publish_rate_limit_burst: int = 200
     outbox_size: int = 1000
@@ -180,6 +181,7 @@ class Settings:
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 64 * 1024, minimum=64),
             max_connections_per_user=_int(env, "MAX_CONNECTIONS_PER_USER", 20, minimum=1),
             max_connections=_int(env, "MAX_CONNECTIONS", 0, minimum=0),
+            max_channels_per_connection=_int(env, "MAX_CHANNELS_PER_CONNECTION", 128, minimum=1),
             publish_rate_limit_per_second=_float(env, "PUBLISH_RATE_LIMIT_PER_SECOND", 50.0, minimum=0.001),
             publish_rate_limit_burst=_int(env, "PUBLISH_RATE_LIMIT_BURST", 200, minimum=1),
             outbox_size=_int(env, "OUTBOX_SIZE", 1000, minimum=1),

@@ -42,9 +42,10 @@ class HubError(Exception):
         self.detail = detail
         self.retry_after = retry_after
 
-    def frame(self) -> str:
-        """The WebSocket error frame."""
-        return dumps({"type": "error", "code": self.code, "detail": self.detail})
+    def frame(self, ref: str | None = None) -> str:
+        """The WebSocket error frame; with the ``ref`` of the client frame it answers."""
+        frame = {"type": "error", "code": self.code, "detail": self.detail}
+        return dumps(frame if ref is None else {**frame, "ref": ref})
 
     def headers(self) -> dict[str, str]:
         """The headers its HTTP status calls for."""

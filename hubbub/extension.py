@@ -93,8 +93,8 @@ class Hubbub:
         app.asgi_app = LiveRouter(  # type: ignore[method-assign,assignment]
             app.asgi_app, self.services, prefix,
             websocket={"/ws/chat": websocket.chat, "/ws/notifications": websocket.notifications,
-                       "/ws/echo": websocket.echo},
-            sse={"/sse/chat": sse.chat, "/sse/notifications": sse.notifications},
+                       "/ws": websocket.channels, "/ws/echo": websocket.echo},
+            sse={"/sse/chat": sse.chat, "/sse/notifications": sse.notifications, "/sse": sse.channels},
         )
         app.before_serving(self._start)
         app.after_serving(self._stop)

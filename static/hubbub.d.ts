@@ -6,10 +6,15 @@ export type State = "connecting" | "open" | "reconnecting" | "closed";
 export type Transport = "websocket" | "sse";
 export type CloseAction = "stop" | "refresh" | "retry";
 export type Channel = { room: string } | { notifications: true };
+/** A channel of a client made without `channel`: one connection carries any set of them. */
+export type ChannelName = `room:${string}` | "notifications";
 
 export interface HubbubOptions {
-  /** What to subscribe to. One client is one subscription with one resume cursor. */
-  channel: Channel;
+  /** One room or the notifications (/ws/chat, /ws/notifications, …). Leave it out for one
+   *  connection carrying any set of channels (`channels`, `subscribe()`), with one cursor. */
+  channel?: Channel;
+  /** Without `channel`: the channels to start with; more with `subscribe()`. */
+  channels?: ChannelName[];
   /** Called before every (re)connect and HTTP call; must return a currently valid JWT.
    *  `refresh` is true when the hub refused the last token: never hand back a cached one then.
    *  Omit it when the host app signs users in with its own session cookie. */
@@ -28,10 +33,16 @@ export interface HubbubOptions {
   maxQueue?: number;
   /** Chat frames larger than this are refused locally ("too_large"). Default 65536. */
   maxMessageBytes?: number;
+  /** A client made without `channel`: tabs of this origin giving the same key (the user's id)
+   *  share one connection. One tab leads (a Web Lock) and relays over a BroadcastChannel; when
+   *  it closes, the next tab leads and resumes from its last id. */
+  shareTabs?: string;
   /** Implementations to use instead of the globals (Node, tests). */
   WebSocket?: typeof WebSocket;
   EventSource?: typeof EventSource;
   fetch?: typeof fetch;
+  BroadcastChannel?: typeof BroadcastChannel;
+  locks?: LockManager;
 }
 
 /** Every message the hub delivers carries these; `id` is the resume cursor. */
@@ -60,7 +71,10 @@ export interface PresenceMessage extends Message {
 
 export interface Welcome {
   type: "welcome";
-  channel: string;
+  /** A one-channel client's channel. */
+  channel?: string;
+  /** A multi-channel client's set, as the hub carries it. */
+  channels?: ChannelName[];
   user: string;
   recovered: boolean | null;
   heartbeat: number;
@@ -88,6 +102,8 @@ export interface ErrorDetail {
   detail: string;
   status?: number;
   closeCode?: number;
+  /** A channel the hub refused to add (it left the set). */
+  channel?: ChannelName;
 }
 
 export interface HubbubEventMap {
@@ -106,8 +122,14 @@ export declare class Hubbub extends EventTarget {
   readonly user: string | null;
   /** Starts (or after close(), resumes) the subscription. Add listeners first. */
   connect(): this;
-  /** Rooms only. Resolves with the ack; rejects with a HubbubError. */
+  /** A `channel: {room}` client only. Resolves with the ack; rejects with a HubbubError. */
   send(text: string, ref?: string): Promise<Ack>;
+  /** A client made without `channel`: adds a channel to its connection (WebSocket: a frame on
+   *  the open connection; SSE: a reconnect with the new set, resuming from the last id). */
+  subscribe(channel: ChannelName): Subscription;
+  unsubscribe(channel: ChannelName): void;
+  /** The channels of a multi-channel client's connection. */
+  readonly channels: ChannelName[];
   /** Rooms only. GET /api/rooms/NAME/messages; does not move the cursor. */
   history(query?: { since?: string; limit?: number }): Promise<History>;
   close(): void;
@@ -125,6 +147,54 @@ export declare class Hubbub extends EventTarget {
   removeEventListener<K extends keyof HubbubEventMap>(
     type: K,
     listener: (event: HubbubEventMap[K]) => void,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+}
+
+export interface SubscriptionEventMap {
+  message: CustomEvent<Message>;
+  /** The connection carries the channel (after each welcome, and after a subscribe frame). */
+  subscribed: CustomEvent<{ channel: ChannelName }>;
+  resync: CustomEvent<Resync>;
+  /** The hub refused the channel (e.g. a room the token does not allow): it left the set. */
+  error: CustomEvent<ErrorDetail>;
+}
+
+/** One channel of a multi-channel client: its messages, sharing the client's connection and cursor. */
+export declare class Subscription extends EventTarget {
+  constructor(
+    channel: ChannelName,
+    ops: {
+      send(text: string, ref?: string): Promise<Ack>;
+      history(query: { since?: string; limit?: number }): Promise<History>;
+      unsubscribe(): void;
+    },
+  );
+  readonly channel: ChannelName;
+  /** Rooms only: posts a chat message to this room. */
+  send(text: string, ref?: string): Promise<Ack>;
+  /** Rooms only: GET /api/rooms/NAME/messages; does not move the cursor. */
+  history(query?: { since?: string; limit?: number }): Promise<History>;
+  unsubscribe(): void;
+
+  addEventListener<K extends keyof SubscriptionEventMap>(
+    type: K,
+    listener: (event: SubscriptionEventMap[K]) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  removeEventListener<K extends keyof SubscriptionEventMap>(
+    type: K,
+    listener: (event: SubscriptionEventMap[K]) => void,
     options?: boolean | EventListenerOptions,
   ): void;
   removeEventListener(

@@ -1,7 +1,8 @@
 // @ts-check
 /**
- * hubbub browser client: one subscription (a room, or the user's notifications)
- * over WebSocket, falling back to Server-Sent Events + HTTP POST. It reconnects with
+ * hubbub browser client: one connection for a room, the user's notifications, or (made
+ * without `channel`) any set of them through subscribe(), over WebSocket, falling back to
+ * Server-Sent Events + HTTP POST. It reconnects with
  * full-jitter backoff, resumes from the last id it saw and drops duplicates, so a
  * drop or a change of transport loses and repeats nothing. Contract: API.md;
  * guide: docs/client.md. No dependencies, no build step; imports cleanly in Node.
@@ -18,13 +19,16 @@ import PROTOCOL from "./protocol.json" with { type: "json" };
 /** @typedef {"websocket" | "sse"} Transport */
 /** @typedef {"stop" | "refresh" | "retry"} CloseAction */
 /** @typedef {{ room: string } | { notifications: true }} Channel */
+/** @typedef {`room:${string}` | "notifications"} ChannelName  a channel of a multi-channel client */
 /** @typedef {{ type: string, id?: string, [field: string]: unknown }} Frame */
 /** @typedef {Frame} Message  chat, notification, join, leave: what a `message` event carries */
 /** @typedef {{ type: "ack", id: string, ref: string }} Ack */
 /** @typedef {{ messages: Frame[], recovered: boolean }} History */
 /**
  * @typedef {object} HubbubOptions
- * @property {Channel} channel  what to subscribe to; one client = one subscription = one cursor
+ * @property {Channel} [channel]  one room or the notifications, on /ws/chat, /ws/notifications, …;
+ *   leave it out for one connection carrying any set of channels (`channels`, subscribe())
+ * @property {ChannelName[]} [channels]  without `channel`: the names to start with; more with subscribe()
  * @property {(context: { refresh: boolean }) => string | Promise<string>} [getToken]  called before
  *   every (re)connect and POST; must return a currently valid token. `refresh` is true when the
  *   hub refused the last one (expired, or signed with a secret it no longer has): never hand
@@ -37,14 +41,19 @@ import PROTOCOL from "./protocol.json" with { type: "json" };
  * @property {number} [maxDelayMs]  backoff cap, default 20000
  * @property {number} [maxQueue]  sends kept while disconnected, default 100
  * @property {number} [maxMessageBytes]  refuse bigger chat frames locally (the server closes 1009), default 65536
+ * @property {string} [shareTabs]  a client of many channels: tabs of this origin that give the same
+ *   key (the user's id) share one connection; one tab leads, the others follow (see TabGroup)
  * @property {typeof WebSocket} [WebSocket]  implementation to use (tests, Node); default the global
  * @property {typeof EventSource} [EventSource]  implementation to use; default the global
  * @property {typeof fetch} [fetch]  implementation to use; default the global
+ * @property {typeof BroadcastChannel} [BroadcastChannel]  implementation to use (shareTabs); default the global
+ * @property {LockManager} [locks]  Web Locks to use (shareTabs); default navigator.locks
  */
 /**
  * @typedef {object} Outgoing  one send() waiting for its ack
  * @property {string} text
  * @property {string} ref
+ * @property {string} room
  * @property {(ack: Ack) => void} resolve
  * @property {(error: HubbubError) => void} reject
  */
@@ -275,7 +284,14 @@ const TRANSPORTS = ["auto", "websocket", "sse"];
 
 export class Hubbub extends EventTarget {
   #o; // settled options
-  /** @type {string | null} */ #room;
+  /** @type {string | null} */ #room; // the one room of a `channel: {room}` client
+  /** @type {Map<ChannelName, Subscription> | null} */ #subs = null; // a client made without `channel`
+  /** @type {Map<string, ChannelName>} */ #changes = new Map(); // subscribe/unsubscribe frames awaiting a reply, by ref
+  #reopening = false;
+  /** @type {TabGroup | null} */ #tabs = null; // shareTabs: the tabs sharing this connection
+  #leading = true; // this tab holds the connection (always, without shareTabs)
+  /** @type {Frame | null} */ #welcome = null; // the current connection's, for tabs that arrive later
+  /** @type {Map<string, ChannelName[]>} */ #peers = new Map(); // the other tabs' channels, by tab
   /** @type {State} */ #state = "closed";
   /** @type {Transport | null} */ #transport = null;
   /** @type {Connection | null} */ #conn = null;
@@ -304,12 +320,17 @@ export class Hubbub extends EventTarget {
   /** @param {HubbubOptions} options */
   constructor(options) {
     super();
-    const { channel, getToken = null, transport = "auto" } = options ?? {};
+    const { channel, channels, getToken = null, transport = "auto" } = options ?? {};
     if (getToken !== null && typeof getToken !== "function") {
       throw new TypeError("Hubbub: getToken must be a function returning a token (or be left out)");
     }
     if (!TRANSPORTS.includes(transport)) throw new TypeError(`Hubbub: transport must be one of ${TRANSPORTS.join(", ")}`);
-    this.#room = roomOf(channel);
+    if (channel !== undefined && channels !== undefined) throw new TypeError("Hubbub: give channel or channels, not both");
+    this.#room = channel === undefined ? null : roomOf(channel);
+    if (channel === undefined) this.#subs = new Map();
+    if (options.shareTabs !== undefined && (channel !== undefined || typeof options.shareTabs !== "string" || !options.shareTabs)) {
+      throw new TypeError("Hubbub: shareTabs is a non-empty key (the user's id), for a client made without `channel`");
+    }
     // `location` is read here, not at module top level, so Node can import this file.
     const baseUrl = options.baseUrl ?? (typeof location === "undefined" ? "" : location.origin);
     if (!baseUrl) throw new TypeError("Hubbub: baseUrl is required outside a browser");
@@ -324,8 +345,12 @@ export class Hubbub extends EventTarget {
       WebSocket: options.WebSocket ?? globalThis.WebSocket,
       EventSource: options.EventSource ?? globalThis.EventSource,
       /** @type {typeof fetch} */ fetch: options.fetch ?? ((input, init) => globalThis.fetch(input, init)),
+      shareTabs: options.shareTabs ?? null,
+      BroadcastChannel: options.BroadcastChannel ?? globalThis.BroadcastChannel,
+      locks: options.locks ?? globalThis.navigator?.locks,
     };
     if (options.since) this.#dedupe.seen(options.since);
+    for (const name of channels ?? []) this.subscribe(name);
   }
 
   /** "connecting" | "open" | "reconnecting" | "closed" */
@@ -356,6 +381,16 @@ export class Hubbub extends EventTarget {
     this.#wsFailures = 0;
     this.#refreshStreak = 0;
     this.#listenForWake(true);
+    const { shareTabs, BroadcastChannel, locks } = this.#o;
+    if (shareTabs !== null && BroadcastChannel && locks) {
+      this.#leading = false; // until this tab gets the lock
+      this.#setState("connecting", null);
+      const group = `hubbub:${this.#o.baseUrl}:${shareTabs}`;
+      this.#tabs = new TabGroup(group, BroadcastChannel, locks, (data) => this.#onTab(data));
+      this.#tabs.post({ kind: "channels", names: this.channels });
+      this.#tabs.lead(() => this.#lead());
+      return this;
+    }
     void this.#open();
     return this;
   }
@@ -369,11 +404,56 @@ export class Hubbub extends EventTarget {
    * @returns {Promise<Ack>}
    */
   send(text, ref) {
+    return this.#send(this.#room, text, ref);
+  }
+
+  /**
+   * Adds a channel to this client's one connection (a client made without `channel`):
+   * "room:NAME" or "notifications". Its messages come as "message" events on the returned
+   * Subscription (and on the client). Over WebSocket the set changes on the open connection;
+   * over SSE the client reconnects with the new set and resumes from its last id.
+   * @param {ChannelName} name
+   * @returns {Subscription}
+   */
+  subscribe(name) {
+    if (this.#subs === null) throw new TypeError("Hubbub: subscribe() needs a client made without `channel`");
+    checkName(name);
+    let sub = this.#subs.get(name);
+    if (sub) return sub;
+    const room = name === "notifications" ? null : name.slice(5);
+    sub = new Subscription(name, {
+      send: (text, ref) => this.#send(room, text, ref),
+      history: (query) => this.#history(room, query),
+      unsubscribe: () => this.unsubscribe(name),
+    });
+    const before = this.#wanted();
+    this.#subs.set(name, sub);
+    this.#tabs?.post({ kind: "channels", names: this.channels });
+    this.#channelsChanged(before);
+    return sub;
+  }
+
+  /** Takes a channel out of the connection's set. @param {ChannelName} name */
+  unsubscribe(name) {
+    if (this.#subs === null || !this.#subs.has(name)) return;
+    const before = this.#wanted();
+    this.#subs.delete(name);
+    this.#tabs?.post({ kind: "channels", names: this.channels });
+    this.#channelsChanged(before);
+  }
+
+  /** The channels of this client's connection, subscribed or being subscribed. @returns {ChannelName[]} */
+  get channels() {
+    return this.#subs === null ? [] : [...this.#subs.keys()];
+  }
+
+  /** @param {string | null} room @param {string} text @param {string} [ref] @returns {Promise<Ack>} */
+  #send(room, text, ref) {
     const frameRef = ref ?? `r${++this.#refs}`;
-    const refusal = this.#refuse(text, frameRef);
+    const refusal = this.#refuse(room, text, frameRef);
     if (refusal) return Promise.reject(refusal);
     return new Promise((resolve, reject) => {
-      const item = { text, ref: frameRef, resolve, reject };
+      const item = { text, ref: frameRef, room: /** @type {string} */ (room), resolve, reject };
       if (this.#state === "open") this.#dispatch(item);
       else if (this.#queue.length < this.#o.maxQueue) this.#queue.push(item);
       else reject(new HubbubError("queue_full", `${this.#o.maxQueue} messages already wait for a connection`));
@@ -386,12 +466,17 @@ export class Hubbub extends EventTarget {
    * @param {{ since?: string, limit?: number }} [query]
    * @returns {Promise<History>}
    */
-  async history({ since, limit } = {}) {
+  async history(query = {}) {
+    return this.#history(this.#room, query);
+  }
+
+  /** @param {string | null} room @param {{ since?: string, limit?: number }} query @returns {Promise<History>} */
+  async #history(room, { since, limit }) {
     const params = new URLSearchParams();
     if (since) params.set("since", since);
     if (limit !== undefined) params.set("limit", String(limit));
     const query = params.toString() ? `?${params}` : "";
-    const reply = await this.#authorized("GET", `${this.#roomPath("history()")}/messages${query}`);
+    const reply = await this.#authorized("GET", `${roomPath(room, "history()")}/messages${query}`);
     return reply.json();
   }
 
@@ -454,6 +539,7 @@ export class Hubbub extends EventTarget {
   #streamUrl(transport, ticket) {
     const params = new URLSearchParams();
     if (this.#room !== null) params.set("room", this.#room);
+    if (this.#subs !== null) params.set("channels", this.#wanted().join(","));
     // EventSource cannot set Last-Event-ID on a fresh EventSource: the server takes a query param.
     if (this.lastId) params.set(transport === "websocket" ? "since" : "last_event_id", this.lastId);
     // EventSource hides comments: ask for heartbeats the page can see, to tell quiet from dead.
@@ -461,7 +547,8 @@ export class Hubbub extends EventTarget {
     params.set("ticket", ticket);
     const base = transport === "websocket" ? this.#o.baseUrl.replace(/^http/, "ws") : this.#o.baseUrl;
     const prefix = transport === "websocket" ? "ws" : "sse";
-    return `${base}/${prefix}/${this.#room === null ? "notifications" : "chat"}?${params}`;
+    const path = this.#subs !== null ? "" : this.#room === null ? "/notifications" : "/chat";
+    return `${base}/${prefix}${path}?${params}`;
   }
 
   /** @returns {Transport} */
@@ -493,7 +580,9 @@ export class Hubbub extends EventTarget {
       case "welcome": return this.#onWelcome(frame);
       case "ack": return this.#onAck(frame);
       case "error": return this.#onErrorFrame(frame);
-      case "resync": return this.#emit("resync", frame);
+      case "resync": this.#relay(frame); return this.#emitAll("resync", frame);
+      case "subscribed": this.#relay(frame); return this.#onChanged(frame);
+      case "unsubscribed": return this.#onChanged(frame);
       case "pong": case "ping": return;
       default: return this.#onMessage(frame);
     }
@@ -502,25 +591,180 @@ export class Hubbub extends EventTarget {
   /** @param {Frame} frame */
   #onWelcome(frame) {
     clearTimeout(this.#welcomeTimer);
+    this.#welcome = frame;
+    this.#relay(frame);
     const reconnected = this.#everOpened;
     this.#everOpened = this.#welcomed = true;
     this.#openedAt = Date.now();
     this.#wsFailures = this.#refreshStreak = 0;
     this.#user = typeof frame.user === "string" ? frame.user : null;
+    if (this.#subs !== null && this.#reconcile(frame.channels)) return; // SSE: reopening with the set
     // Queued sends go first, so a send() made by a "state" listener stays behind them.
     for (const item of this.#queue.splice(0)) this.#dispatch(item);
     this.#setState("open", this.#transport);
     this.#emit("welcome", frame);
     // Back without a cursor (nothing had arrived yet): the server cannot replay
     // the gap, so tell the app to refetch, as a stale cursor would.
-    if (reconnected && frame.recovered == null) this.#emit("resync", { type: "resync", reason: "no_cursor" });
+    if (reconnected && frame.recovered == null) this.#emitAll("resync", { type: "resync", reason: "no_cursor" });
     this.#startHeartbeat(Number(frame.heartbeat));
   }
 
   /** @param {Frame} message  chat, notification, join, leave, or a type this client does not know */
   #onMessage(message) {
     if (typeof message.id === "string" && this.#dedupe.seen(message.id)) return;
+    this.#deliver(message);
+  }
+
+  /**
+   * To the client's listeners, then to the Subscription of its channel; a leading tab relays it.
+   * @param {Frame} message @param {boolean} [echo]  built from an ack: followers must not move
+   *   their cursor to it either (messages before it may still be on their way)
+   */
+  #deliver(message, echo = false) {
+    this.#relay(message, echo);
     this.#emit("message", message);
+    const channel = typeof message.channel === "string" ? message.channel : "";
+    const name = channel === "broadcast" || channel.startsWith("user:") ? "notifications" : channel;
+    this.#subs?.get(/** @type {ChannelName} */ (name))?.dispatchEvent(new CustomEvent("message", { detail: message }));
+  }
+
+  // --- the set of channels (a client made without `channel`) ---------------
+
+  // --- tabs sharing one connection (shareTabs) -----------------------------
+
+  /** This tab got the lock: it leads, with every tab's channels, from its own last id. */
+  #lead() {
+    if (this.#stopped) return;
+    this.#leading = true;
+    this.#tabs?.post({ kind: "leader" });
+    void this.#open();
+  }
+
+  /** A message from another tab of the group. @param {TabMessage} data */
+  #onTab(data) {
+    switch (data.kind) {
+      case "channels": case "bye": {
+        const before = this.#wanted();
+        const newcomer = data.kind === "channels" && !this.#peers.has(data.tab);
+        if (data.kind === "bye") this.#peers.delete(data.tab);
+        else this.#peers.set(data.tab, data.names ?? []);
+        this.#channelsChanged(before);
+        if (newcomer && this.#leading) this.#greetTab();
+        return;
+      }
+      case "leader": return this.#tabs?.post({ kind: "channels", names: this.channels });
+      case "frame": if (!this.#leading && data.frame) this.#onRelayed(data.frame, data.echo === true); return;
+      case "state": if (!this.#leading && data.state) this.#follow(data.state, data.transport ?? null); return;
+    }
+  }
+
+  /** Tells a tab that just arrived where the connection stands (it follows from here). */
+  #greetTab() {
+    if (this.#welcome !== null && this.#state === "open") this.#relay(this.#welcome);
+    this.#tabs?.post({ kind: "state", state: this.#state, transport: this.#transport });
+  }
+
+  /** What the leader relays, if this tab leads. @param {Frame} frame @param {boolean} [echo] */
+  #relay(frame, echo = false) {
+    if (this.#tabs !== null && this.#leading) this.#tabs.post({ kind: "frame", frame, echo });
+  }
+
+  /** A frame of the leader's connection, as this tab would handle it. @param {Frame} frame @param {boolean} echo */
+  #onRelayed(frame, echo) {
+    switch (frame.type) {
+      case "welcome":
+        this.#user = typeof frame.user === "string" ? frame.user : null;
+        this.#everOpened = true;
+        this.#emit("welcome", frame);
+        for (const name of Array.isArray(frame.channels) ? frame.channels : []) {
+          this.#subs?.get(name)?.dispatchEvent(new CustomEvent("subscribed", { detail: { channel: name } }));
+        }
+        return;
+      case "resync": return this.#emitAll("resync", frame);
+      case "subscribed": return this.#onChanged(frame);
+      default:
+        if (typeof frame.id === "string" && (echo ? this.#dedupe.remember(frame.id) : this.#dedupe.seen(frame.id))) return;
+        this.#deliver(frame);
+    }
+  }
+
+  /** The leader's state is this tab's; its "closed" means the next tab is about to lead. @param {State} state @param {Transport | null} transport */
+  #follow(state, transport) {
+    this.#setState(state === "closed" ? "reconnecting" : state, transport);
+    if (state === "open") for (const item of this.#queue.splice(0)) this.#dispatch(item);
+  }
+
+  /** What the connection carries: this tab's channels and, when it leads, the other tabs'. @returns {ChannelName[]} */
+  #wanted() {
+    const names = new Set(this.channels);
+    if (this.#leading) for (const theirs of this.#peers.values()) for (const name of theirs) names.add(name);
+    return [...names];
+  }
+
+  /** After a change of this tab's set or another tab's. @param {ChannelName[]} before  #wanted() before it */
+  #channelsChanged(before) {
+    const after = this.#wanted();
+    for (const name of after) if (!before.includes(name)) this.#changeSet("subscribe", name);
+    for (const name of before) if (!after.includes(name)) this.#changeSet("unsubscribe", name);
+  }
+
+  /**
+   * Brings the open connection's set in line with subscribe()/unsubscribe(): a frame each on
+   * WebSocket; on SSE (whose set is in its URL) a reconnect, once for changes made together.
+   * Not open yet: the welcome reconciles. @param {"subscribe" | "unsubscribe"} kind @param {ChannelName} name
+   */
+  #changeSet(kind, name) {
+    if (this.#state !== "open" || this.#conn === null) return;
+    if (this.#transport === "websocket") this.#sendChange(kind, name);
+    else this.#reopen();
+  }
+
+  /** @param {"subscribe" | "unsubscribe"} kind @param {ChannelName} name */
+  #sendChange(kind, name) {
+    const ref = `${kind === "subscribe" ? "s" : "u"}${++this.#refs}`;
+    this.#changes.set(ref, name);
+    this.#conn?.send(JSON.stringify({ type: kind, channel: name, ref }));
+  }
+
+  /** A new event stream with the new set, resuming from the last id; once for changes made together. */
+  #reopen() {
+    if (this.#reopening) return;
+    this.#reopening = true;
+    queueMicrotask(() => {
+      this.#reopening = false;
+      if (this.#stopped || this.#conn === null) return;
+      this.#conn.close(1000, "changing channels");
+      this.#release();
+      void this.#open();
+    });
+  }
+
+  /**
+   * The welcome's set against the wanted one: what a subscribe() or unsubscribe() made while
+   * connecting missed. @param {unknown} welcomed @returns {boolean} true when SSE reopens for it
+   */
+  #reconcile(welcomed) {
+    const have = new Set(Array.isArray(welcomed) ? welcomed : []);
+    const want = this.#wanted();
+    const missing = want.filter((name) => !have.has(name));
+    const extra = [...have].filter((name) => !want.includes(/** @type {ChannelName} */ (name)));
+    if (this.#transport === "sse" && (missing.length || extra.length)) {
+      this.#reopen();
+      return true;
+    }
+    for (const name of want) {
+      if (have.has(name)) this.#subs?.get(name)?.dispatchEvent(new CustomEvent("subscribed", { detail: { channel: name } }));
+    }
+    for (const name of missing) this.#sendChange("subscribe", name);
+    for (const name of extra) this.#sendChange("unsubscribe", /** @type {ChannelName} */ (name));
+    return false;
+  }
+
+  /** A subscribe or unsubscribe frame confirmed. @param {Frame} frame */
+  #onChanged(frame) {
+    if (typeof frame.ref === "string") this.#changes.delete(frame.ref);
+    const name = /** @type {ChannelName} */ (String(frame.channel));
+    if (frame.type === "subscribed") this.#subs?.get(name)?.dispatchEvent(new CustomEvent("subscribed", { detail: { channel: name } }));
   }
 
   /** @param {Frame} frame */
@@ -535,9 +779,25 @@ export class Hubbub extends EventTarget {
   #onErrorFrame(frame) {
     const code = String(frame.code ?? "error");
     const detail = String(frame.detail ?? "");
+    const changing = typeof frame.ref === "string" ? this.#changes.get(frame.ref) : undefined;
+    if (changing !== undefined) return this.#refused(/** @type {string} */ (frame.ref), changing, new HubbubError(code, detail));
     const item = this.#takeInflight(frame.ref);
     if (item) item.reject(new HubbubError(code, detail));
     else this.#emit("error", { code, detail });
+  }
+
+  /**
+   * The hub refused a subscribe (a room the token does not allow, too many channels): the
+   * channel leaves the set and its Subscription hears why.
+   * @param {string} ref @param {ChannelName} name @param {HubbubError} error
+   */
+  #refused(ref, name, error) {
+    this.#changes.delete(ref);
+    const sub = this.#subs?.get(name);
+    if (ref.startsWith("u") || !sub) return;
+    this.#subs?.delete(name);
+    sub.dispatchEvent(new CustomEvent("error", { detail: errorDetail(error) }));
+    this.#emit("error", { ...errorDetail(error), channel: name });
   }
 
   /**
@@ -559,10 +819,10 @@ export class Hubbub extends EventTarget {
    */
   #echo(item, id) {
     if (this.#dedupe.remember(id)) return;
-    this.#emit("message", {
-      type: "chat", text: item.text, id, channel: `room:${this.#room}`,
+    this.#deliver({
+      type: "chat", text: item.text, id, channel: `room:${item.room}`,
       sender: this.#user, timestamp: new Date().toISOString(),
-    });
+    }, true);
   }
 
   // --- sending -----------------------------------------------------------
@@ -570,16 +830,16 @@ export class Hubbub extends EventTarget {
   /**
    * Problems found before anything goes out. An oversized frame would make the
    * hub close the whole connection (1009), so it is refused here.
-   * @param {unknown} text @param {string} ref @returns {HubbubError | null}
+   * @param {string | null} room @param {unknown} text @param {string} ref @returns {HubbubError | null}
    */
-  #refuse(text, ref) {
-    if (this.#room === null) {
+  #refuse(room, text, ref) {
+    if (room === null) {
       return new HubbubError("not_a_room", "only a room client can send; notifications are published server-side");
     }
     if (typeof text !== "string" || text === "") {
       return new HubbubError("bad_request", "text must be a non-empty string");
     }
-    const frame = JSON.stringify({ type: "chat", text, ref });
+    const frame = JSON.stringify({ type: "chat", channel: this.#subs === null ? undefined : `room:${room}`, text, ref });
     if (new TextEncoder().encode(frame).length > this.#o.maxMessageBytes) {
       return new HubbubError("too_large", `a message must stay under ${this.#o.maxMessageBytes} bytes`);
     }
@@ -589,14 +849,15 @@ export class Hubbub extends EventTarget {
 
   /** @param {Outgoing} item */
   #dispatch(item) {
-    if (this.#transport === "sse") {
+    if (this.#transport === "sse" || !this.#leading) { // a following tab posts: the leader's socket is not its own
       // One POST at a time, so messages arrive in the order they were sent.
       this.#posts = this.#posts.then(() => this.#post(item));
       return;
     }
     this.#inflight.push(item);
     try {
-      this.#conn?.send(JSON.stringify({ type: "chat", text: item.text, ref: item.ref }));
+      const channel = this.#subs === null ? undefined : `room:${item.room}`; // /ws: the frame names its room
+      this.#conn?.send(JSON.stringify({ type: "chat", channel, text: item.text, ref: item.ref }));
     } catch {
       // The socket is closing; its close event rejects the in-flight sends.
     }
@@ -607,7 +868,7 @@ export class Hubbub extends EventTarget {
     try {
       // The same key on the retry after a refreshed token: the hub delivers the text once.
       const headers = { "Idempotency-Key": idempotencyKey() };
-      const reply = await this.#authorized("POST", `${this.#roomPath("send()")}/messages`, { text: item.text },
+      const reply = await this.#authorized("POST", `${roomPath(item.room, "send()")}/messages`, { text: item.text },
         headers);
       const { id } = await reply.json();
       this.#echo(item, String(id));
@@ -672,12 +933,6 @@ export class Hubbub extends EventTarget {
     return reply;
   }
 
-  /** @param {string} caller */
-  #roomPath(caller) {
-    if (this.#room === null) throw new HubbubError("not_a_room", `${caller} needs a room channel`);
-    return `/api/rooms/${encodeURIComponent(this.#room)}`;
-  }
-
   // --- closing and retrying ----------------------------------------------
 
   /** @param {number} code @param {string} reason */
@@ -711,16 +966,28 @@ export class Hubbub extends EventTarget {
     this.#retry();
   }
 
-  /** @returns {Promise<HubbubError | null>} the hub's reason to refuse this subscription, if any */
+  /**
+   * The hub's reason to refuse this connection, if any. A client of many channels drops a
+   * room refused for good (its Subscription hears why) and tries again without it.
+   * @returns {Promise<HubbubError | null>}
+   */
   async #probe() {
-    if (this.#room === null) return null; // the ticket exchange already vouched for the user
-    try {
-      await this.#authorized("GET", `${this.#roomPath("probe")}/messages?limit=1`);
-      return null;
-    } catch (error) {
-      const refusal = asHubbubError(error);
-      return refusal.status && closeAction(4000 + refusal.status) !== "retry" ? refusal : null;
+    const rooms = this.#subs === null ? (this.#room === null ? [] : [this.#room])
+      : this.channels.filter((name) => name !== "notifications").map((name) => name.slice(5));
+    // Notifications only: the ticket exchange already vouched for the user.
+    for (const room of rooms) {
+      try {
+        await this.#authorized("GET", `${roomPath(room, "probe")}/messages?limit=1`);
+      } catch (error) {
+        const refusal = asHubbubError(error);
+        if (!refusal.status || closeAction(4000 + refusal.status) === "retry") continue;
+        if (this.#subs === null || closeAction(4000 + refusal.status) !== "stop") return refusal;
+        const ref = `s${++this.#refs}`;
+        this.#changes.set(ref, /** @type {ChannelName} */ (`room:${room}`));
+        this.#refused(ref, /** @type {ChannelName} */ (`room:${room}`), refusal);
+      }
     }
+    return null;
   }
 
   /** @returns {boolean} true when this failure moved the client to SSE */
@@ -797,6 +1064,12 @@ export class Hubbub extends EventTarget {
     this.#listenForWake(false);
     if (report) this.#emit("error", errorDetail(error));
     this.#setState("closed", null);
+    if (this.#tabs !== null) { // the next tab in line takes the lock and leads
+      this.#tabs.post({ kind: "bye" });
+      this.#tabs.stop();
+      this.#tabs = null;
+      this.#peers.clear();
+    }
   }
 
   /**
@@ -847,12 +1120,108 @@ export class Hubbub extends EventTarget {
     if (state === this.#state && transport === this.#transport) return;
     this.#state = state;
     this.#transport = transport;
+    if (this.#tabs !== null && this.#leading) this.#tabs.post({ kind: "state", state, transport });
     this.#emit("state", { state, transport });
   }
 
   /** @param {string} type @param {unknown} detail */
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  /** To the client and every Subscription (a resync concerns them all). @param {string} type @param {unknown} detail */
+  #emitAll(type, detail) {
+    this.#emit(type, detail);
+    for (const sub of this.#subs?.values() ?? []) sub.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+/**
+ * @typedef {{ kind: "channels" | "bye" | "leader" | "frame" | "state", tab: string, names?: ChannelName[],
+ *   frame?: Frame, echo?: boolean, state?: State, transport?: Transport | null }} TabMessage
+ */
+
+/**
+ * Tabs of one origin that share one connection (shareTabs). Every tab asks for the same Web
+ * Lock; the one holding it leads: it runs the connection with every tab's channels and relays
+ * what arrives over a BroadcastChannel, while the others follow (and send chat by POST). The
+ * browser frees the lock when the leading tab closes or crashes, and the next tab in line
+ * leads, resuming from the last id it saw; each tab drops what it already had.
+ */
+class TabGroup {
+  #channel;
+  #locks;
+  #name;
+  #abort = new AbortController();
+  #release = () => {};
+  #bye = () => this.post({ kind: "bye" });
+  id = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+
+  /**
+   * @param {string} name @param {typeof BroadcastChannel} Impl @param {LockManager} locks
+   * @param {(data: TabMessage) => void} onMessage
+   */
+  constructor(name, Impl, locks, onMessage) {
+    this.#name = name;
+    this.#locks = locks;
+    this.#channel = new Impl(name);
+    this.#channel.onmessage = (event) => onMessage(event.data);
+    globalThis.addEventListener?.("pagehide", this.#bye);
+  }
+
+  /** Calls onLead once this tab holds the lock; it holds it until stop() or the tab goes. @param {() => void} onLead */
+  lead(onLead) {
+    this.#locks.request(this.#name, { signal: this.#abort.signal }, () => {
+      onLead();
+      return new Promise((resolve) => { this.#release = () => resolve(undefined); });
+    }).catch(() => {}); // stopped before the lock came
+  }
+
+  /** @param {Omit<TabMessage, "tab">} data */
+  post(data) {
+    this.#channel.postMessage({ ...data, tab: this.id });
+  }
+
+  stop() {
+    globalThis.removeEventListener?.("pagehide", this.#bye);
+    this.#abort.abort();
+    this.#release();
+    this.#channel.close();
+  }
+}
+
+/**
+ * One channel of a multi-channel client, sharing its connection and its cursor. Events:
+ * "message" (this channel's), "subscribed" (the connection carries it), "resync", "error"
+ * (the hub refused it: it left the set).
+ */
+export class Subscription extends EventTarget {
+  #ops;
+
+  /**
+   * @param {ChannelName} channel
+   * @param {{ send(text: string, ref?: string): Promise<Ack>, history(query: { since?: string, limit?: number }): Promise<History>, unsubscribe(): void }} ops
+   */
+  constructor(channel, ops) {
+    super();
+    /** @readonly */
+    this.channel = channel;
+    this.#ops = ops;
+  }
+
+  /** Rooms only: posts a chat message to this room; resolves with the ack. @param {string} text @param {string} [ref] */
+  send(text, ref) {
+    return this.#ops.send(text, ref);
+  }
+
+  /** Rooms only: the room's retained history (does not move the cursor). @param {{ since?: string, limit?: number }} [query] */
+  history(query = {}) {
+    return this.#ops.history(query);
+  }
+
+  /** Takes this channel out of the connection's set. */
+  unsubscribe() {
+    this.#ops.unsubscribe();
   }
 }
 
@@ -871,6 +1240,18 @@ function roomOf(channel) {
   }
   if (c && c.notifications === true) return null;
   throw new TypeError('Hubbub: channel must be {room: "NAME"} or {notifications: true}');
+}
+
+/** @param {unknown} name */
+function checkName(name) {
+  if (name === "notifications" || (typeof name === "string" && name.startsWith("room:") && ROOM_NAME.test(name.slice(5)))) return;
+  throw new TypeError(`Hubbub: a channel is "room:NAME" (1-64 of A-Z a-z 0-9 _ . -) or "notifications", got ${JSON.stringify(name)}`);
+}
+
+/** @param {string | null} room @param {string} caller */
+function roomPath(room, caller) {
+  if (room === null) throw new HubbubError("not_a_room", `${caller} needs a room channel`);
+  return `/api/rooms/${encodeURIComponent(room)}`;
 }
 
 /** @param {Response} reply @param {string} what */

@@ -125,17 +125,15 @@ class Hub:
         Live messages arriving during the replay are held and de-duplicated by id,
         so nothing is lost or repeated at the seam. Always cleaned up on exit.
         """
-        subscription = Subscription(tuple(channels), connection_id, self._outbox_size)
+        subscription = Subscription((), connection_id, self._outbox_size)
         parsed = Cursor.parse(cursor)
         if parsed is not None:
             subscription.hold()
         self._subscriptions.add(subscription)
-        added: list[str] = []
         replaying: asyncio.Task[None] | None = None
         try:
-            for channel in subscription.channels:
-                await self._add(channel, subscription)
-                added.append(channel)
+            for channel in dict.fromkeys(channels):
+                await self.add_channel(subscription, channel)
             if parsed is not None:  # the first page now, so the welcome can say `recovered`
                 after = await self._replay_page(subscription, parsed)
                 if after is not None:
@@ -147,8 +145,26 @@ class Hub:
             self._retired_sent += subscription.sent
             if replaying is not None:
                 replaying.cancel()
-            for channel in added:
+            for channel in subscription.channels:
                 await self._remove(channel, subscription)
+
+    async def add_channel(self, subscription: Subscription, channel: str) -> bool:
+        """Adds ``channel`` to a subscription: its messages published from now on, with ids
+        still increasing across the set (the clock is shared), so one cursor resumes all.
+        False when it was already there."""
+        if channel in subscription.channels:
+            return False
+        await self._add(channel, subscription)  # on failure nothing is registered
+        subscription.channels += (channel,)
+        return True
+
+    async def remove_channel(self, subscription: Subscription, channel: str) -> bool:
+        """Takes ``channel`` out of a subscription; False when it was not there."""
+        if channel not in subscription.channels:
+            return False
+        subscription.channels = tuple(c for c in subscription.channels if c != channel)
+        await self._remove(channel, subscription)
+        return True
 
     async def _replay_page(self, subscription: Subscription, after: Cursor) -> Cursor | None:
         """Queues one page of history after ``after``; where the next starts, or None once live.

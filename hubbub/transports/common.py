@@ -240,9 +240,10 @@ async def require_principal(svc: Services, request: RequestLike, *, tickets: boo
     return principal
 
 
-def welcome_frame(channel: str, user: str, recovered: bool | None, heartbeat_s: float) -> str:
-    return dumps({"type": "welcome", "channel": channel, "user": user,
-                  "recovered": recovered, "heartbeat": heartbeat_s})
+def welcome_frame(channel: str | list[str], user: str, recovered: bool | None, heartbeat_s: float) -> str:
+    """``channel`` on the one-channel endpoints; ``channels``, the names asked for, on /ws and /sse."""
+    return dumps({"type": "welcome", "channels" if isinstance(channel, list) else "channel": channel,
+                  "user": user, "recovered": recovered, "heartbeat": heartbeat_s})
 
 
 def ack_frame(message_id: str | None, ref: Any) -> str:

@@ -16,12 +16,14 @@ MAX_REF_LENGTH = 128
 
 @dataclass(frozen=True, slots=True)
 class ClientFrame:
-    """One validated client frame: ``chat`` (text, ref), ``ping``, or ``auth`` (token)."""
+    """One validated client frame: ``chat`` (text, ref, channel), ``ping``, ``auth`` (token),
+    ``subscribe`` or ``unsubscribe`` (channel, ref)."""
 
     type: str
     text: str = ""
     ref: str | None = None
     token: str = ""
+    channel: str | None = None  # as the client sent it: checked where it is used
 
 
 _NON_FINITE = "non-finite numbers (NaN, Infinity, 1e999) are not JSON"
@@ -76,12 +78,10 @@ def parse_frame(data: str | bytes) -> ClientFrame:
         raise BadRequest("a frame must be a JSON object with a 'type'")
     kind = value.get("type")
     if kind == "chat":
-        ref = value.get("ref")
-        if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_LENGTH):
-            raise BadRequest(f"'ref' must be a string of at most {MAX_REF_LENGTH} characters")
-        if ref is not None:
-            _unicode(ref, "ref")
-        return ClientFrame("chat", text=valid_text(value.get("text")), ref=ref)
+        return ClientFrame("chat", text=valid_text(value.get("text")), ref=_ref(value),
+                           channel=_channel(value, required=False))
+    if kind in ("subscribe", "unsubscribe"):
+        return ClientFrame(kind, ref=_ref(value), channel=_channel(value, required=True))
     if kind == "ping":
         return ClientFrame("ping")
     if kind == "auth":
@@ -92,6 +92,22 @@ def parse_frame(data: str | bytes) -> ClientFrame:
     if not isinstance(kind, str):
         raise BadRequest("a frame must be a JSON object with a string 'type'")
     raise BadRequest(f"unknown type {kind[:40]!r}: expected one of {', '.join(sorted(CLIENT_FRAMES))}")
+
+
+def _ref(frame: dict[str, Any]) -> str | None:
+    ref = frame.get("ref")
+    if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_LENGTH):
+        raise BadRequest(f"'ref' must be a string of at most {MAX_REF_LENGTH} characters")
+    return None if ref is None else _unicode(ref, "ref")
+
+
+def _channel(frame: dict[str, Any], *, required: bool) -> str | None:
+    channel = frame.get("channel")
+    if channel is None and not required:
+        return None
+    if not isinstance(channel, str) or not channel:
+        raise BadRequest("'channel' must be a non-empty string, e.g. \"room:lobby\"")
+    return _unicode(channel, "channel")
 
 
 def chat_text_from_body(content_type: str, body: bytes) -> str:

@@ -59,7 +59,7 @@ INTERNAL_ERROR = Closing(Close.INTERNAL_ERROR, "internal error")
 class LiveConnection:
     """Subclasses say how a message, a heartbeat and the ending go on their wire."""
 
-    __slots__ = ("svc", "principal", "sub", "room", "send", "bridge", "direct", "closing",
+    __slots__ = ("svc", "principal", "sub", "room", "multi", "joined", "send", "bridge", "direct", "closing",
                  "_loop", "_flusher", "_ender", "_timer", "_abort")
 
     transport: ClassVar[str]  # the metrics' label: websocket, sse
@@ -67,11 +67,14 @@ class LiveConnection:
     checks_silence: ClassVar[bool] = False  # WebSocket: close a peer silent for IDLE_TIMEOUT
 
     def __init__(self, svc: Services, principal: Principal | None, sub: Subscription,
-                 scope: dict[str, Any], send: Send, room: str | None, bridge: Bridge | None) -> None:
+                 scope: dict[str, Any], send: Send, room: str | None, bridge: Bridge | None,
+                 *, multi: bool = False) -> None:
         self.svc = svc
         self.principal = principal  # None: no user (/ws/echo)
         self.sub = sub
-        self.room = room
+        self.room = room  # /ws/chat and /sse/chat: the one room
+        self.multi = multi  # /ws and /sse: any set of channels (see channels.py)
+        self.joined: set[str] = set()  # the room channels this connection announced itself in
         self.send = send
         self.bridge = bridge  # None: not Hypercorn, or the fast path is off
         self.direct: DirectWriter | None = None
@@ -86,8 +89,10 @@ class LiveConnection:
 
     @property
     def endpoint(self) -> str:
-        """The metrics' label: chat, notifications or echo."""
-        return "echo" if self.principal is None else "chat" if self.room is not None else "notifications"
+        """The metrics' label: chat, notifications, channels or echo."""
+        if self.principal is None:
+            return "echo"
+        return "channels" if self.multi else "chat" if self.room is not None else "notifications"
 
     # -- wire, per transport -----------------------------------------------------
 
@@ -112,22 +117,19 @@ class LiveConnection:
     # -- life ----------------------------------------------------------------------
 
     async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        """Joins the room, serves until the peer is gone, leaves. Never raises for the peer."""
-        connection_id = self.sub.connection_id
-        joined = False
+        """Joins its rooms, serves until the peer is gone, leaves. Never raises for the peer."""
         labels = (self.transport, self.endpoint)
         metrics = self.svc.metrics
         metrics.opened.labels(*labels).inc()
         metrics.connections.labels(*labels).inc()
         opened = time.monotonic()
-        channel = self.sub.channels[0] if self.sub.channels else "-"
+        channel = ",".join(self.sub.channels[:None if self.multi else 1]) or "-"
         user = self.principal.user if self.principal is not None else "-"
         fields = {"user": user, "transport": self.transport, "channel": channel}
         connections_log.info("connection opened: %s %s %s", user, self.transport, channel,
                              extra={"fields": fields})
-        kinds = [channel_kind(channel) for channel in self.sub.channels]
-        for kind in kinds:
-            metrics.subscriptions.labels(kind).inc()
+        for subscribed in self.sub.channels:
+            metrics.subscriptions.labels(channel_kind(subscribed)).inc()
         self.sub.attach(self._on_ready, self.direct.try_write if self.direct is not None else None)
         if self.bridge is not None:
             self.bridge.on_too_big = lambda: self.end(TOO_BIG)
@@ -135,12 +137,11 @@ class LiveConnection:
             self._on_ready()
         self._schedule(first=True)
         try:
-            if self.room is not None and self.principal is not None:
-                try:
-                    await self.svc.hub.join(self.sub.channels[0], self.principal.user, connection_id)
-                    joined = True
-                except BackendUnavailable:
-                    self.end(BACKEND_DOWN)
+            try:
+                for room in [c for c in self.sub.channels if c.startswith("room:")]:
+                    await self.join(room)
+            except BackendUnavailable:
+                self.end(BACKEND_DOWN)
             await self.serve(receive)
         finally:
             closed = {"duration_s": round(time.monotonic() - opened, 3), "messages_sent": self.sub.sent,
@@ -149,8 +150,8 @@ class LiveConnection:
                                  self.transport, channel, closed["duration_s"], closed["messages_sent"],
                                  closed["close_code"], extra={"fields": {**fields, **closed}})
             metrics.connections.labels(*labels).dec()
-            for kind in kinds:
-                metrics.subscriptions.labels(kind).dec()
+            for subscribed in self.sub.channels:
+                metrics.subscriptions.labels(channel_kind(subscribed)).dec()
             self.sub.detach()
             if self.bridge is not None:
                 self.bridge.on_too_big = None
@@ -162,12 +163,24 @@ class LiveConnection:
             for task in (self._flusher, self._ender):
                 if task is not None:
                     task.cancel()
-            if joined and self.principal is not None:
-                channel, user = self.sub.channels[0], self.principal.user
-                try:
-                    await self.svc.hub.leave(channel, user, connection_id)
-                except BackendUnavailable:
-                    log.info("could not announce %s leaving %s: backend unavailable", user, channel)
+            for room in tuple(self.joined):
+                await self.leave(room)
+
+    async def join(self, channel: str) -> None:
+        """Announces this connection in a room (presence; the user's first one sends ``join``)."""
+        if self.principal is not None and channel not in self.joined:
+            await self.svc.hub.join(channel, self.principal.user, self.sub.connection_id)
+            self.joined.add(channel)
+
+    async def leave(self, channel: str) -> None:
+        """Takes this connection out of a room's presence; never raises."""
+        if self.principal is None or channel not in self.joined:
+            return
+        self.joined.discard(channel)
+        try:
+            await self.svc.hub.leave(channel, self.principal.user, self.sub.connection_id)
+        except BackendUnavailable:
+            log.info("could not announce %s leaving %s: backend unavailable", self.principal.user, channel)
 
     async def serve(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         """Reads until the peer is gone (or, after ``end``, until it took the ending)."""

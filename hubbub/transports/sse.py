@@ -1,4 +1,4 @@
-"""Server-Sent Events transport: /sse/chat and /sse/notifications (ASGI handlers, see asgi.py).
+"""Server-Sent Events transport: /sse/chat, /sse/notifications, /sse (ASGI handlers, see asgi.py).
 
 The response head goes through the server; the first chunk (a comment, the retry
 hint, the welcome) and then each message's shared chunk are written straight to the
@@ -22,6 +22,7 @@ from hubbub.hub.hub import notification_channels, room_channel
 from hubbub.hub.message import Message
 from hubbub.hub.wire import http_chunk
 from hubbub.transports.asgi import Receive, Request, Send, raw_headers, send_error
+from hubbub.transports.channels import channel_list, client_names, hub_channels
 from hubbub.transports.common import (
     Services,
     check_origin,
@@ -83,8 +84,24 @@ async def notifications(svc: Services, request: Request, receive: Receive, send:
     await _stream(svc, request, receive, send, principal, notification_channels(principal.user), None)
 
 
+async def channels(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    """/sse?channels=room:lobby,notifications: any set on one stream (a new set: reconnect
+    with it and the last id)."""
+    try:
+        refuse_while_draining(svc)
+        names = channel_list(request.args.get("channels"), svc.settings.max_channels_per_connection)
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await require_principal(svc, request, tickets=True)
+        wanted = hub_channels(names, principal)
+    except HubError as error:
+        await send_error(send, request, svc.settings, error)
+        return
+    await _stream(svc, request, receive, send, principal, wanted, None, multi=True)
+
+
 async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
-                  principal: Principal, channels: tuple[str, ...], room: str | None) -> None:
+                  principal: Principal, channels: tuple[str, ...], room: str | None, *,
+                  multi: bool = False) -> None:
     cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     cors = cors_headers(svc.settings, request.headers.get("Origin"))
     start = {**_START, "headers": raw_headers({**_HEADERS, **cors})} if cors else _START
@@ -103,7 +120,7 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
             await send_error(send, request, svc.settings, error)
             return
         try:
-            await _serve(svc, request, receive, send, bridge, principal, channels, room, cursor,
+            await _serve(svc, request, receive, send, bridge, principal, channels, room, multi, cursor,
                          connection_id, start)
         finally:
             await svc.limits.release_user(principal.user, connection_id)
@@ -112,16 +129,17 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
 
 
 async def _serve(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
-                 principal: Principal, channels: tuple[str, ...], room: str | None, cursor: str | None,
-                 connection_id: str, start: dict[str, Any]) -> None:
+                 principal: Principal, channels: tuple[str, ...], room: str | None, multi: bool,
+                 cursor: str | None, connection_id: str, start: dict[str, Any]) -> None:
     started = False
     try:
         async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
             await send(start)
             started = True
-            connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge)
+            connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge, multi=multi)
             connection.visible_heartbeat = request.args.get("heartbeat") == "1"
-            await connection.greet(welcome_frame(channels[0], principal.user, sub.recovered,
+            channel = client_names(channels) if multi else channels[0]
+            await connection.greet(welcome_frame(channel, principal.user, sub.recovered,
                                                  svc.settings.heartbeat_interval_s))
             await connection.run(receive)
     except BackendUnavailable:
@@ -137,8 +155,8 @@ class SSEConnection(LiveConnection):
     transport = "sse"
     frame_attribute = "sse_chunk"
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._beat: asyncio.Task[None] | None = None  # a heartbeat through the server (HTTP/2)
         self.visible_heartbeat = False  # a ping event instead of a comment (?heartbeat=1)
 

@@ -1,4 +1,4 @@
-"""WebSocket transport: /ws/echo, /ws/chat, /ws/notifications (ASGI handlers, see asgi.py).
+"""WebSocket transport: /ws/echo, /ws/chat, /ws/notifications, /ws (ASGI handlers, see asgi.py).
 
 The connection's one task reads the client's frames; everything written after the
 welcome goes through the subscription (see live.py). Every endpoint gets the same
@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hubbub.auth import AUTH_FRAME_TIMEOUT_S, Principal
-from hubbub.errors import BadRequest, Close, HubError, RateLimited, TooLarge, Unauthorized
+from hubbub.errors import BadRequest, Close, HubError, RateLimited, TooLarge, Unauthorized, Unavailable
 from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.hub import notification_channels, room_channel
-from hubbub.hub.message import Message
+from hubbub.hub.message import Message, dumps
 from hubbub.hub.wire import websocket_frame, websocket_text_frame
 from hubbub.limits import LocalBucket
+from hubbub.metrics import channel_kind
 from hubbub.transports.asgi import Receive, Request, Send, reject_upgrade
+from hubbub.transports.channels import channel_list, channel_name, client_names, hub_channels
 from hubbub.transports.common import (
     Services,
     ack_frame,
@@ -33,7 +35,7 @@ from hubbub.transports.common import (
     welcome_frame,
 )
 from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
-from hubbub.transports.inbound import parse_frame
+from hubbub.transports.inbound import ClientFrame, parse_frame
 from hubbub.transports.live import BACKEND_DOWN, INTERNAL_ERROR, RESTARTING, Closing, LiveConnection
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,11 @@ _PONG = '{"type":"pong"}'
 # backlog, so a client that floods is paced by how fast it reads, not disconnected.
 REPLY_BACKLOG = 64
 REPLY_WAIT_S = 10.0
+# subscribe/unsubscribe frames per second on /ws, after a burst of MAX_CHANNELS_PER_CONNECTION:
+# each may subscribe at the backend, so a client cannot make the process churn.
+CHANNEL_CHANGES_PER_S = 10.0
+
+ChannelsFor = Callable[[Principal], tuple[str, ...]]  # the hub channels a caller gets; Forbidden if none
 
 
 class PeerLeft(Exception):
@@ -96,14 +103,15 @@ async def chat(svc: Services, request: Request, receive: Receive, send: Send) ->
         return
     try:
         room = valid_room(request.args.get("room"))
-        check_origin(svc.settings, request.headers, request.host)
-        principal = await identify(svc, request, tickets=True)
-        if principal is not None:
-            principal.require_room(room)
     except HubError as error:
         await reject_upgrade(send, request, error)
         return
-    await _serve(svc, request, receive, send, bridge, principal, (room_channel(room),), room)
+
+    def channels_for(principal: Principal) -> tuple[str, ...]:
+        principal.require_room(room)
+        return (room_channel(room),)
+
+    await _open(svc, request, receive, send, bridge, channels_for, room=room)
 
 
 async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
@@ -112,13 +120,37 @@ async def notifications(svc: Services, request: Request, receive: Receive, send:
     if svc.draining:
         await _refuse_while_draining(send, bridge)
         return
+    await _open(svc, request, receive, send, bridge, lambda principal: notification_channels(principal.user))
+
+
+async def channels(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+    """/ws?channels=room:lobby,notifications: any set on one connection, changed by frames."""
+    await receive()  # websocket.connect
+    bridge = _attach(svc, send)
+    if svc.draining:
+        await _refuse_while_draining(send, bridge)
+        return
     try:
-        check_origin(svc.settings, request.headers, request.host)
-        principal = await identify(svc, request, tickets=True)
+        names = channel_list(request.args.get("channels"), svc.settings.max_channels_per_connection)
     except HubError as error:
         await reject_upgrade(send, request, error)
         return
-    await _serve(svc, request, receive, send, bridge, principal, None, None)
+    await _open(svc, request, receive, send, bridge, lambda principal: hub_channels(names, principal),
+                multi=True)
+
+
+async def _open(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
+                channels_for: ChannelsFor, *, room: str | None = None, multi: bool = False) -> None:
+    """Checks the origin and the caller (a token now, or an auth frame after the accept)."""
+    try:
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await identify(svc, request, tickets=True)
+        if principal is not None:
+            channels_for(principal)  # a room the token does not allow: 403 before the upgrade
+    except HubError as error:
+        await reject_upgrade(send, request, error)
+        return
+    await _serve(svc, request, receive, send, bridge, principal, channels_for, room, multi)
 
 
 async def _refuse_while_draining(send: Send, bridge: Bridge | None) -> None:
@@ -159,8 +191,8 @@ async def _principal_from_first_frame(svc: Services, receive: Receive) -> Princi
 
 
 async def _serve(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
-                 principal: Principal | None, channels: tuple[str, ...] | None,
-                 room: str | None) -> None:
+                 principal: Principal | None, channels_for: ChannelsFor, room: str | None,
+                 multi: bool) -> None:
     """Counts the connection, accepts, subscribes, and serves it until the peer is gone."""
     connection_id = new_connection_id()
     user: str | None = None  # whose connection slot this holds, once it does
@@ -182,8 +214,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
             await send({"type": "websocket.accept"})
             try:
                 principal = await _principal_from_first_frame(svc, receive)
-                if room is not None:
-                    principal.require_room(room)
+                channels_for(principal)
                 refuse_while_draining(svc)
                 await svc.limits.acquire_user(principal.user, connection_id)
                 user = principal.user
@@ -195,7 +226,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                 await _close(send, bridge, Closing(error.close_code, error.detail[:120]))
                 return
         await _subscribe_and_run(svc, request, receive, send, bridge, principal, connection_id,
-                                 channels or notification_channels(principal.user), room, accepted)
+                                 channels_for(principal), room, multi, accepted)
     finally:
         if user is not None:
             await svc.limits.release_user(user, connection_id)
@@ -204,15 +235,18 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
 
 async def _subscribe_and_run(svc: Services, request: Request, receive: Receive, send: Send,
                              bridge: Bridge | None, principal: Principal, connection_id: str,
-                             channels: tuple[str, ...], room: str | None, accepted: bool) -> None:
+                             channels: tuple[str, ...], room: str | None, multi: bool,
+                             accepted: bool) -> None:
     try:
         async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
                                      connection_id=connection_id) as subscription:
             if not accepted:
                 await send({"type": "websocket.accept"})
                 accepted = True
-            connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room, bridge)
-            await connection.greet(welcome_frame(channels[0], principal.user, subscription.recovered,
+            connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room, bridge,
+                                             multi=multi)
+            channel = client_names(channels) if multi else channels[0]
+            await connection.greet(welcome_frame(channel, principal.user, subscription.recovered,
                                                  svc.settings.heartbeat_interval_s))
             await connection.run(receive)
     except BackendUnavailable:
@@ -222,11 +256,16 @@ async def _subscribe_and_run(svc: Services, request: Request, receive: Receive, 
 
 
 class WebSocketConnection(LiveConnection):
-    __slots__ = ()
+    __slots__ = ("_changes",)
 
     transport = "websocket"
     frame_attribute = "ws_frame"
     checks_silence = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = self.svc.settings.max_channels_per_connection
+        self._changes = LocalBucket(CHANNEL_CHANGES_PER_S, limit) if self.multi else None
 
     async def greet(self, welcome: str) -> None:
         if self.direct is not None:
@@ -280,12 +319,62 @@ class WebSocketConnection(LiveConnection):
         frame = parse_frame(data)
         if frame.type == "ping":
             self.sub.send_frame(_PONG)
-        elif frame.type == "chat" and self.room is not None and self.principal is not None:
-            message = await publish_chat(self.svc, self.principal, self.room, frame.text,
-                                         origin=self.sub.connection_id)
-            self.sub.send_frame(ack_frame(message.id, frame.ref))
+            return
+        try:
+            if frame.type == "chat" and self.principal is not None:
+                room = self.chat_room(frame.channel)
+                message = await publish_chat(self.svc, self.principal, room, frame.text,
+                                             origin=self.sub.connection_id)
+                self.sub.send_frame(ack_frame(message.id, frame.ref))
+            elif frame.type in ("subscribe", "unsubscribe") and self.multi:
+                await self.change_channels(frame)
+            else:
+                raise BadRequest(f"{frame.type!r} frames are not accepted here")
+        except HubError as error:
+            self.sub.send_frame(error.frame(frame.ref))
+
+    def chat_room(self, channel: str | None) -> str:
+        """The room a chat frame goes to: the frame's ``channel`` on /ws, a room this connection
+        is subscribed to; on /ws/chat the connection's room."""
+        if self.multi:
+            if channel is None:
+                raise BadRequest("say which room: {\"type\":\"chat\",\"channel\":\"room:NAME\",\"text\"}")
+            name = channel_name(channel)
+            if name not in self.sub.channels:
+                raise BadRequest(f"subscribe to {name} before sending to it")
+            return name[5:]
+        if self.room is None:
+            raise BadRequest("'chat' frames are not accepted here")
+        return self.room  # /ws/chat: its room, whatever the frame says (unknown fields are dropped)
+
+    async def change_channels(self, frame: ClientFrame) -> None:
+        """``subscribe``: messages of the channel from now on (and presence in a room);
+        ``unsubscribe``: no more. Answered with ``subscribed``/``unsubscribed`` and the ref."""
+        assert self.principal is not None
+        name = channel_name(frame.channel)
+        wanted = hub_channels((name,), self.principal)  # Forbidden for a room the token lacks
+        hub, sub, metrics = self.svc.hub, self.sub, self.svc.metrics
+        if self._changes is not None and self._changes.take() > 0:
+            raise RateLimited(f"at most {CHANNEL_CHANGES_PER_S:.0f} subscribe/unsubscribe frames a second")
+        if frame.type == "subscribe":
+            limit = self.svc.settings.max_channels_per_connection
+            if name not in client_names(sub.channels) and len(client_names(sub.channels)) >= limit:
+                raise BadRequest(f"at most {limit} channels on one connection")
+            try:
+                for channel in wanted:
+                    if await hub.add_channel(sub, channel):
+                        metrics.subscriptions.labels(channel_kind(channel)).inc()
+                    if channel.startswith("room:"):
+                        await self.join(channel)
+            except BackendUnavailable:
+                raise Unavailable("the message backend is unreachable; retry later", retry_after=2) from None
         else:
-            raise BadRequest(f"{frame.type!r} frames are not accepted here")
+            for channel in wanted:
+                await self.leave(channel)
+                if await hub.remove_channel(sub, channel):
+                    metrics.subscriptions.labels(channel_kind(channel)).dec()
+        reply = {"type": f"{frame.type}d", "channel": name}
+        sub.send_frame(dumps(reply if frame.ref is None else {**reply, "ref": frame.ref}))
 
 
 class BinaryFrame(Message):

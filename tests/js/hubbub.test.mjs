@@ -675,3 +675,205 @@ describe("Hubbub client", () => {
     assert.deepEqual(contexts.at(-1), { refresh: true });
   });
 });
+
+describe("many channels on one connection", () => {
+  const multi = (options = {}) => makeClient({ channel: undefined, channels: ["room:lobby", "notifications"], ...options });
+
+  test("test_multi_client_opens_one_connection_for_its_set_and_routes_by_channel", async () => {
+    const { client, of } = multi();
+    const lobby = client.subscribe("room:lobby");
+    const notes = client.subscribe("notifications");
+    const got = { lobby: [], notes: [] };
+    lobby.addEventListener("message", (e) => got.lobby.push(e.detail.id));
+    notes.addEventListener("message", (e) => got.notes.push(e.detail.id));
+    client.connect();
+    await until(() => FakeWebSocket.all.length === 1);
+    const ws = FakeWebSocket.all[0];
+    assert.equal(ws.url.pathname, "/ws");
+    assert.equal(ws.url.searchParams.get("channels"), "room:lobby,notifications");
+    ws.welcome({ channel: undefined, channels: ["room:lobby", "notifications"] });
+    assert.deepEqual(ws.sent, [], "the welcome matched: no frames");
+    ws.receive({ type: "chat", id: "e-1", channel: "room:lobby", text: "a" });
+    ws.receive({ type: "notification", id: "e-2", channel: "user:alice", data: 1 });
+    ws.receive({ type: "notification", id: "e-3", channel: "broadcast", data: 2 });
+    ws.receive({ type: "chat", id: "e-3", channel: "room:lobby", text: "repeat" });
+    assert.deepEqual(got, { lobby: ["e-1"], notes: ["e-2", "e-3"] });
+    assert.deepEqual(of("message").map((m) => m.id), ["e-1", "e-2", "e-3"]);
+    assert.equal(client.lastId, "e-3", "one cursor for the set");
+  });
+
+  test("test_multi_client_changes_the_set_with_frames_on_websocket", async () => {
+    const { client } = multi();
+    client.connect();
+    await until(() => FakeWebSocket.all.length === 1);
+    const ws = FakeWebSocket.all[0];
+    ws.welcome({ channel: undefined, channels: ["room:lobby", "notifications"] });
+    const ops = client.subscribe("room:ops");
+    const confirmed = [];
+    ops.addEventListener("subscribed", (e) => confirmed.push(e.detail.channel));
+    assert.deepEqual(ws.sent.at(-1), { type: "subscribe", channel: "room:ops", ref: ws.sent.at(-1).ref });
+    ws.receive({ type: "subscribed", channel: "room:ops", ref: ws.sent.at(-1).ref });
+    assert.deepEqual(confirmed, ["room:ops"]);
+    const sent = ops.send("hi ops");
+    assert.deepEqual(ws.sent.at(-1), { type: "chat", channel: "room:ops", text: "hi ops", ref: ws.sent.at(-1).ref });
+    ws.receive({ type: "ack", id: "e-9", ref: ws.sent.at(-1).ref });
+    assert.equal((await sent).id, "e-9");
+    ops.unsubscribe();
+    assert.equal(ws.sent.at(-1).type, "unsubscribe");
+    assert.deepEqual(client.channels, ["room:lobby", "notifications"]);
+    assert.equal(FakeWebSocket.all.length, 1, "the same connection throughout");
+  });
+
+  test("test_a_refused_subscribe_leaves_the_set_and_no_send_is_failed_for_it", async () => {
+    const { client, of } = multi();
+    client.connect();
+    await until(() => FakeWebSocket.all.length === 1);
+    const ws = FakeWebSocket.all[0];
+    ws.welcome({ channel: undefined, channels: ["room:lobby", "notifications"] });
+    const pending = client.subscribe("room:lobby").send("waiting for its ack");
+    const chatRef = ws.sent.at(-1).ref;
+    const secret = client.subscribe("room:secret");
+    const errors = [];
+    secret.addEventListener("error", (e) => errors.push(e.detail.code));
+    ws.receive({ type: "error", code: "forbidden", detail: "no", ref: ws.sent.at(-1).ref });
+    assert.deepEqual(errors, ["forbidden"]);
+    assert.deepEqual(client.channels, ["room:lobby", "notifications"]);
+    assert.equal(of("error").at(-1).channel, "room:secret");
+    ws.receive({ type: "ack", id: "e-5", ref: chatRef });
+    assert.equal((await pending).id, "e-5", "the chat send was not taken for the subscribe");
+  });
+
+  test("test_multi_client_on_sse_reopens_once_with_the_new_set_and_the_cursor", async () => {
+    const { client } = multi({ transport: "sse" });
+    client.connect();
+    await until(() => FakeEventSource.all.length === 1);
+    const first = FakeEventSource.all[0];
+    assert.equal(first.url.pathname, "/sse");
+    first.receive({ type: "welcome", channels: ["room:lobby", "notifications"], user: "alice", recovered: null, heartbeat: 15 });
+    first.receive({ type: "chat", id: "e-4", channel: "room:lobby", text: "x" });
+    client.subscribe("room:a");
+    client.subscribe("room:b");
+    await until(() => FakeEventSource.all.length === 2, "a second stream");
+    assert.ok(first.closed);
+    const second = FakeEventSource.all[1];
+    assert.equal(second.url.searchParams.get("channels"), "room:lobby,notifications,room:a,room:b");
+    assert.equal(second.url.searchParams.get("last_event_id"), "e-4");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(FakeEventSource.all.length, 2, "one reconnect for both changes");
+  });
+
+  test("test_a_subscribe_made_while_connecting_is_sent_after_the_welcome", async () => {
+    const { client } = multi();
+    client.connect();
+    await until(() => FakeWebSocket.all.length === 1);
+    const ws = FakeWebSocket.all[0];
+    client.subscribe("room:late");
+    ws.welcome({ channel: undefined, channels: ["room:lobby", "notifications"] });
+    assert.deepEqual(ws.sent.map((f) => [f.type, f.channel]), [["subscribe", "room:late"]]);
+  });
+
+  test("test_subscribe_checks_names_and_needs_a_multi_client", () => {
+    const { client } = multi();
+    assert.throws(() => client.subscribe("lobby"), /room:NAME/);
+    assert.throws(() => makeClient().client.subscribe("room:lobby"), /without `channel`/);
+  });
+});
+
+/** Web Locks for one lock name, granted in request order (navigator.locks in a browser). */
+class FakeLocks {
+  queue = [];
+  held = null;
+
+  request(name, options, callback) {
+    return new Promise((resolve, reject) => {
+      const entry = { callback, resolve };
+      options.signal?.addEventListener("abort", () => {
+        const at = this.queue.indexOf(entry);
+        if (at !== -1) this.queue.splice(at, 1);
+        if (at !== -1) reject(new Error("AbortError"));
+      });
+      this.queue.push(entry);
+      this.grant(name);
+    });
+  }
+
+  grant(name) {
+    if (this.held || this.queue.length === 0) return;
+    const entry = (this.held = this.queue.shift());
+    Promise.resolve(entry.callback({ name })).then((value) => {
+      this.held = null;
+      entry.resolve(value);
+      this.grant(name);
+    });
+  }
+}
+
+describe("tabs sharing one connection", () => {
+  const tab = (locks, channels) => makeClient({ channel: undefined, channels, shareTabs: "alice", locks });
+  const welcomeFor = (ws) => ws.welcome({ channel: undefined, channels: ws.url.searchParams.get("channels").split(",") });
+  const carried = (ws) => new Set([...ws.url.searchParams.get("channels").split(","),
+    ...ws.sent.filter((f) => f.type === "subscribe").map((f) => f.channel)]);
+
+  test("test_three_tabs_one_socket_every_tab_gets_its_channels_and_posts_its_sends", async () => {
+    const locks = new FakeLocks();
+    const a = tab(locks, ["room:lobby"]);
+    const b = tab(locks, ["notifications"]);
+    const c = tab(locks, ["room:ops"]);
+    for (const t of [a, b, c]) t.client.connect();
+    await until(() => FakeWebSocket.all.length === 1, "the leader's socket");
+    const ws = FakeWebSocket.all[0];
+    welcomeFor(ws);
+    await until(() => ["room:lobby", "notifications", "room:ops"].every((n) => carried(ws).has(n)), "every tab's channels");
+    await until(() => b.client.state === "open" && c.client.state === "open", "followers open");
+
+    const got = { b: [], c: [] };
+    b.client.subscribe("notifications").addEventListener("message", (e) => got.b.push(e.detail.id));
+    c.client.subscribe("room:ops").addEventListener("message", (e) => got.c.push(e.detail.id));
+    ws.receive({ type: "notification", id: "e-1", channel: "user:alice", data: 1 });
+    ws.receive({ type: "chat", id: "e-2", channel: "room:ops", text: "x" });
+    await until(() => got.b.length === 1 && got.c.length === 1, "relayed messages");
+    assert.deepEqual(got, { b: ["e-1"], c: ["e-2"] });
+    assert.equal(c.client.lastId, "e-2");
+
+    const ack = await c.client.subscribe("room:ops").send("from a follower");
+    assert.equal(c.http.calls.at(-1).pathname, "/api/rooms/ops/messages", "a follower posts");
+    assert.ok(ack.id);
+    assert.equal(FakeWebSocket.all.length, 1, "one socket for the three tabs");
+  });
+
+  test("test_a_tab_opened_after_the_leader_was_welcomed_follows_at_once", async () => {
+    const locks = new FakeLocks();
+    const a = tab(locks, ["room:lobby"]);
+    a.client.connect();
+    await until(() => FakeWebSocket.all.length === 1);
+    welcomeFor(FakeWebSocket.all[0]);
+    const late = tab(locks, ["room:ops"]);
+    late.client.connect();
+    await until(() => late.client.state === "open", "the late tab open");
+    assert.equal(late.client.user, "alice");
+    await until(() => carried(FakeWebSocket.all[0]).has("room:ops"), "its channel added to the socket");
+    assert.equal(FakeWebSocket.all.length, 1);
+  });
+
+  test("test_when_the_leader_closes_the_next_tab_resumes_from_its_last_id", async () => {
+    const locks = new FakeLocks();
+    const a = tab(locks, ["room:lobby"]);
+    const b = tab(locks, ["room:lobby"]);
+    a.client.connect();
+    b.client.connect();
+    await until(() => FakeWebSocket.all.length === 1);
+    const first = FakeWebSocket.all[0];
+    welcomeFor(first);
+    first.receive({ type: "chat", id: "e-1", channel: "room:lobby", text: "one" });
+    await until(() => b.client.lastId === "e-1", "the follower saw e-1");
+    a.client.close();
+    await until(() => FakeWebSocket.all.length === 2, "the new leader's socket");
+    const second = FakeWebSocket.all[1];
+    assert.equal(second.url.searchParams.get("since"), "e-1");
+    welcomeFor(second);
+    second.receive({ type: "chat", id: "e-1", channel: "room:lobby", text: "one" });
+    second.receive({ type: "chat", id: "e-2", channel: "room:lobby", text: "two" });
+    assert.deepEqual(b.of("message").map((m) => m.id), ["e-1", "e-2"], "nothing lost or doubled");
+    assert.equal(b.client.state, "open");
+  });
+});

@@ -193,8 +193,16 @@ def test_parse_frame_escaped_surrogate_pair_accepted() -> None:
 
 
 def test_parse_frame_unknown_type_names_it() -> None:
-    with pytest.raises(BadRequest, match="subscribe"):
-        parse_frame('{"type":"subscribe"}')
+    with pytest.raises(BadRequest, match="'publish'.*one of auth, chat, ping, subscribe, unsubscribe"):
+        parse_frame('{"type":"publish"}')
+
+
+@pytest.mark.parametrize("frame", ['{"type":"subscribe"}', '{"type":"unsubscribe","channel":""}',
+                                   '{"type":"subscribe","channel":7}',
+                                   '{"type":"chat","text":"x","channel":[]}'])
+def test_parse_frame_channel_must_be_a_string(frame: str) -> None:
+    with pytest.raises(BadRequest, match="'channel' must be a non-empty string"):
+        parse_frame(frame)
 
 
 # -- POST bodies -----------------------------------------------------------------

@@ -75,18 +75,21 @@ def test_every_frame_the_server_composes_is_a_server_frame_of_the_file() -> None
 
 @pytest.mark.parametrize("kind", sorted(CLIENT_FRAMES))
 def test_the_server_accepts_every_client_frame_of_the_file(kind: str) -> None:
-    frame = {"type": kind, "text": "hi", "token": "t"}
+    frame = {"type": kind, "text": "hi", "token": "t", "channel": "room:lobby"}
     assert parse_frame(json.dumps(frame)).type == kind
 
 
 def test_the_server_refuses_a_frame_type_the_file_does_not_list() -> None:
-    with pytest.raises(errors.BadRequest, match="expected one of auth, chat, ping"):
-        parse_frame('{"type":"subscribe"}')
+    with pytest.raises(errors.BadRequest, match="expected one of auth, chat, ping, subscribe, unsubscribe"):
+        parse_frame('{"type":"publish"}')
 
 
 def test_the_client_handles_and_sends_only_frame_types_of_the_file() -> None:
-    handled = set(re.findall(r'case "(\w+)":', CLIENT_JS))
+    switches = re.findall(r"switch \(frame\.type\) \{(.*?)\n    \}", CLIENT_JS, re.DOTALL)
+    handled = {kind for switch in switches for kind in re.findall(r'case "(\w+)":', switch)}
     stringified = set(re.findall(r'JSON.stringify\(\{ type: "(\w+)"', CLIENT_JS))
-    sent = stringified | set(JSON_TEXT_FRAME.findall(CLIENT_JS))
-    assert handled and handled <= SERVER_FRAMES, handled - SERVER_FRAMES
-    assert sent == {"chat", "ping"} and sent <= CLIENT_FRAMES, sent
+    changes = set(re.findall(r'#sendChange\("(\w+)"', CLIENT_JS))  # subscribe, unsubscribe
+    sent = stringified | changes | set(JSON_TEXT_FRAME.findall(CLIENT_JS))
+    assert len(switches) == 2 and {"welcome", "ack", "subscribed"} <= handled, handled
+    assert handled <= SERVER_FRAMES, handled - SERVER_FRAMES
+    assert sent == {"chat", "ping", "subscribe", "unsubscribe"} and sent <= CLIENT_FRAMES, sent

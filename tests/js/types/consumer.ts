@@ -1,6 +1,6 @@
 // An app written against static/hubbub.d.ts, as docs/client.md shows: it must type-check.
 import { CLOSE_CODES, Hubbub, HubbubError, backoff, closeAction } from "../../../static/hubbub.js";
-import type { ChatMessage, CloseAction, State } from "../../../static/hubbub.js";
+import type { ChannelName, ChatMessage, CloseAction, State, Subscription } from "../../../static/hubbub.js";
 
 const hub = new Hubbub({
   channel: { room: "lobby" },
@@ -27,3 +27,13 @@ const delay: number = backoff(2);
 console.log(restart, action, delay, hub.lastId);
 
 new Hubbub({ channel: { notifications: true } }); // a cookie session: no getToken
+
+// One connection for many channels.
+const page = new Hubbub({ channels: ["notifications"], getToken: () => "token" });
+const lobby: Subscription = page.subscribe("room:lobby");
+lobby.addEventListener("message", (event) => console.log(event.detail.channel));
+lobby.addEventListener("error", (event) => console.log(event.detail.channel, event.detail.code));
+lobby.send("hi").then((ack) => ack.id);
+const names: ChannelName[] = page.channels;
+page.unsubscribe("room:lobby");
+console.log(names);

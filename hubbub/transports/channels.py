@@ -1,0 +1,52 @@
+"""The channels of one multi-channel connection (``/ws?channels=…``, ``/sse?channels=…``).
+
+A client names ``room:NAME`` or ``notifications``; the hub subscribes ``room:NAME``, or the
+caller's ``user:ID`` and ``broadcast``. All of them share one id clock, so one cursor
+resumes the whole set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hubbub.auth import Principal
+from hubbub.errors import BadRequest
+from hubbub.hub.hub import BROADCAST, ROOM_NAME, notification_channels, room_channel
+
+NOTIFICATIONS = "notifications"
+
+
+def channel_name(value: object) -> str:
+    """A channel as a client names it: ``room:NAME`` or ``notifications``."""
+    if isinstance(value, str) and (value == NOTIFICATIONS or (
+            value.startswith("room:") and ROOM_NAME.fullmatch(value[5:]))):
+        return value
+    shown = repr(value)[:80]
+    raise BadRequest(f"a channel is 'room:NAME' (1-64 of A-Z a-z 0-9 _ . -) or 'notifications', got {shown}")
+
+
+def channel_list(value: str | None, limit: int) -> tuple[str, ...]:
+    """``room:lobby,room:ops,notifications``: each named once, in order, at most ``limit``."""
+    items = (item.strip() for item in (value or "").split(","))
+    names = tuple(dict.fromkeys(channel_name(item) for item in items if item))
+    if len(names) > limit:
+        raise BadRequest(f"at most {limit} channels on one connection, got {len(names)}")
+    return names
+
+
+def hub_channels(names: Iterable[str], principal: Principal) -> tuple[str, ...]:
+    """What the hub subscribes for ``names``; Forbidden for a room the token does not allow."""
+    channels: list[str] = []
+    for name in names:
+        if name == NOTIFICATIONS:
+            channels += notification_channels(principal.user)
+        else:
+            principal.require_room(name[5:])
+            channels.append(room_channel(name[5:]))
+    return tuple(channels)
+
+
+def client_names(channels: Iterable[str]) -> list[str]:
+    """The names a client used for the hub's ``channels``, each once, in order."""
+    names = (NOTIFICATIONS if c == BROADCAST or c.startswith("user:") else c for c in channels)
+    return list(dict.fromkeys(names))
