@@ -102,6 +102,9 @@ class Settings:
     publish_rate_limit_per_second: float = 50.0
     publish_rate_limit_burst: int = 200
     outbox_size: int = 1000
+    presence_join_limit: int = 100  # join/leave frames while a room has at most this many users
+    presence_interval_s: float = 5.0  # beyond it: a presence frame this often, with the changes
+    quiet_rooms: tuple[str, ...] = ()  # glob patterns of rooms that announce neither
     demo_login: bool | None = None  # None: on only with the ephemeral secret (development)
     api_keys: tuple[tuple[str, str], ...] = ()  # (name, secret): backends publishing over HTTP
     api_key_rate_limit_per_second: float = 1000.0
@@ -185,6 +188,9 @@ class Settings:
             publish_rate_limit_per_second=_float(env, "PUBLISH_RATE_LIMIT_PER_SECOND", 50.0, minimum=0.001),
             publish_rate_limit_burst=_int(env, "PUBLISH_RATE_LIMIT_BURST", 200, minimum=1),
             outbox_size=_int(env, "OUTBOX_SIZE", 1000, minimum=1),
+            presence_join_limit=_int(env, "PRESENCE_JOIN_LIMIT", 100, minimum=0),
+            presence_interval_s=_float(env, "PRESENCE_INTERVAL", 5.0, minimum=0.05),
+            quiet_rooms=_list(env, "QUIET_ROOMS"),
             demo_login=_bool(env, "DEMO_LOGIN") if env.get("DEMO_LOGIN", "").strip() else None,
             api_keys=_api_keys(env),
             api_key_rate_limit_per_second=_float(env, "API_KEY_RATE_LIMIT_PER_SECOND", 1000.0, minimum=0.001),
@@ -201,8 +207,10 @@ class Settings:
 # The same floors as from_env's, for Settings made in code.
 _MINIMUMS = {"history_size": 1, "history_ttl_s": 1.0, "heartbeat_interval_s": 0.05, "idle_timeout_s": 0.1,
              "rate_limit_per_second": 0.001, "rate_limit_burst": 1, "max_message_bytes": 64,
-             "max_connections_per_user": 1, "max_connections": 0, "publish_rate_limit_per_second": 0.001,
-             "publish_rate_limit_burst": 1, "outbox_size": 1, "api_key_rate_limit_per_second": 0.001,
+             "max_connections_per_user": 1, "max_connections": 0, "max_channels_per_connection": 1,
+             "publish_rate_limit_per_second": 0.001,
+             "publish_rate_limit_burst": 1, "outbox_size": 1, "presence_join_limit": 0,
+             "presence_interval_s": 0.05, "api_key_rate_limit_per_second": 0.001,
              "api_key_rate_limit_burst": 1, "idempotency_ttl_s": 1.0}
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")

@@ -67,7 +67,9 @@ class Hubbub:
     def __init__(self, app: Quart | None = None, *, url_prefix: str = "",
                  settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
-        self.hub = Hub(build_backend(self.settings), outbox_size=self.settings.outbox_size)
+        s = self.settings
+        self.hub = Hub(build_backend(s), outbox_size=s.outbox_size, presence_join_limit=s.presence_join_limit,
+                       presence_interval_s=s.presence_interval_s, quiet_rooms=s.quiet_rooms)
         metrics = Metrics()
         self.hub.observe_latency = metrics.publish_to_socket.observe
         limits = ConnectionLimits(self.hub.backend, max_per_user=self.settings.max_connections_per_user,

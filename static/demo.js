@@ -218,7 +218,7 @@ function wireChat(chat, me, room, getToken) {
     else if (message.type === "join" || message.type === "leave") {
       if (message.sender !== me) renderEvent(`${message.sender} ${message.type === "join" ? "joined" : "left"}`, message.type);
       refreshPresence();
-    }
+    } else if (message.type === "presence") refreshPresence(); // a crowded room's joins and leaves, gathered
   });
 
   chat.addEventListener("resync", (event) => {

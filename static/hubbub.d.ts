@@ -68,6 +68,13 @@ export interface PresenceMessage extends Message {
   type: "join" | "leave";
   sender: string;
 }
+/** A crowded room's joins and leaves of an interval (PRESENCE_JOIN_LIMIT), with its user count. */
+export interface PresenceUpdate extends Message {
+  type: "presence";
+  count: number;
+  joined: string[];
+  left: string[];
+}
 
 export interface Welcome {
   type: "welcome";

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from hubbub.hub.backends.base import Backend, BackendUnavailable
+from hubbub.hub.crowds import Crowds
 from hubbub.hub.message import Cursor, Frames, Message, encode_body, message_age_s, presence_frame
 from hubbub.hub.outbox import Subscription
 
@@ -58,8 +59,11 @@ def notification_channels(user: str) -> tuple[str, str]:
 
 
 class Hub:
-    def __init__(self, backend: Backend, *, outbox_size: int = 1000) -> None:
+    def __init__(self, backend: Backend, *, outbox_size: int = 1000, presence_join_limit: int = 100,
+                 presence_interval_s: float = 5.0, quiet_rooms: tuple[str, ...] = ()) -> None:
         self.backend = backend
+        self.crowds = Crowds(backend.publish_live, join_limit=presence_join_limit,
+                             interval_s=presence_interval_s, quiet=quiet_rooms)
         self._outbox_size = outbox_size
         # A replay goes a page at a time, each once the previous one was taken by the socket:
         # a backlog larger than the outbox is paced by the reader, never poured in at once.
@@ -89,6 +93,7 @@ class Hub:
 
     async def close(self) -> None:
         self.close_subscriptions()
+        self.crowds.close()
         await self.backend.close()
 
     # -- publishing ---------------------------------------------------------
@@ -284,14 +289,26 @@ class Hub:
     # -- presence -----------------------------------------------------------
 
     async def join(self, channel: str, user: str, connection_id: str) -> None:
-        """Records the connection; the user's first one announces ``join`` to the room."""
-        if await self.backend.presence_add(channel, user, connection_id):
+        """Records the connection; the user's first one announces ``join`` to the room, or in
+        a crowded room the next ``presence`` frame does (see crowds.py)."""
+        members = await self.backend.presence_add(channel, user, connection_id)
+        if members is None:
+            return
+        if self.crowds.announces(channel, members):
             await self.backend.publish_live(channel, presence_frame("join", channel, user))
+        else:
+            self.crowds.joined(channel, user, members)
 
     async def leave(self, channel: str, user: str, connection_id: str) -> None:
-        """Forgets the connection; the user's last one announces ``leave``."""
-        if await self.backend.presence_remove(channel, user, connection_id):
+        """Forgets the connection; the user's last one announces ``leave`` (or the next
+        ``presence`` frame does)."""
+        members = await self.backend.presence_remove(channel, user, connection_id)
+        if members is None:
+            return
+        if self.crowds.announces(channel, members + 1):  # as many as there were
             await self.backend.publish_live(channel, presence_frame("leave", channel, user))
+        else:
+            self.crowds.left(channel, user, members)
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
         counts = await self.backend.presence(channel)

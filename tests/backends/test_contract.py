@@ -242,17 +242,20 @@ async def test_resubscribe_after_unsubscribe_delivers_once(backend: Backend, inb
 
 
 async def test_presence_first_and_last_connection_of_a_user(backend: Backend) -> None:
-    assert await backend.presence_add("room:a", "ann", "c1") is True
-    assert await backend.presence_add("room:a", "ann", "c2") is False
-    assert await backend.presence_add("room:a", "bob", "c3") is True
+    """A join (first connection) and a leave (last) say how many users the room has then."""
+    assert await backend.presence_add("room:a", "ann", "c1") == 1
+    assert await backend.presence_add("room:a", "ann", "c2") is None
+    assert await backend.presence_add("room:a", "bob", "c3") == 2
+    assert await backend.presence_add("room:b", "cat", "c4") == 1
     assert await backend.presence("room:a") == {"ann": 2, "bob": 1}
-    assert await backend.presence("room:b") == {}
+    assert await backend.presence("room:c") == {}
 
-    assert await backend.presence_remove("room:a", "ann", "c1") is False
-    assert await backend.presence_remove("room:a", "ann", "c1") is False  # already gone
-    assert await backend.presence_remove("room:a", "ann", "c2") is True
-    assert await backend.presence_remove("room:a", "nobody", "c9") is False
+    assert await backend.presence_remove("room:a", "ann", "c1") is None
+    assert await backend.presence_remove("room:a", "ann", "c1") is None  # already gone
+    assert await backend.presence_remove("room:a", "ann", "c2") == 1  # bob is left
+    assert await backend.presence_remove("room:a", "nobody", "c9") is None
     assert await backend.presence("room:a") == {"bob": 1}
+    assert await backend.presence_remove("room:a", "bob", "c3") == 0
 
 
 async def test_take_token_allows_a_burst_then_refuses_then_refills(backend: Backend) -> None:
@@ -372,11 +375,13 @@ async def test_redis_presence_first_connection_counts_across_processes(
 ) -> None:
     a, b = make_redis(), make_redis()
 
-    assert await a.presence_add("room:a", "ann", "c1") is True
-    assert await b.presence_add("room:a", "ann", "c2") is False
-    assert await a.presence("room:a") == {"ann": 2}
-    assert await a.presence_remove("room:a", "ann", "c1") is False
-    assert await b.presence_remove("room:a", "ann", "c2") is True
+    assert await a.presence_add("room:a", "ann", "c1") == 1
+    assert await b.presence_add("room:a", "ann", "c2") is None
+    assert await b.presence_add("room:a", "bob", "c3") == 2
+    assert await a.presence("room:a") == {"ann": 2, "bob": 1}
+    assert await a.presence_remove("room:a", "ann", "c1") is None
+    assert await b.presence_remove("room:a", "ann", "c2") == 1
+    assert await a.presence_remove("room:a", "bob", "c3") == 0
     assert await a.presence("room:a") == {}
 
 
@@ -418,7 +423,7 @@ async def test_redis_ghost_presence_of_a_dead_process_expires(make_redis: MakeRe
         return await b.presence("room:a") == {}
 
     assert await poll(gone, timeout=5)
-    assert await b.presence_add("room:a", "ann", "c2") is True
+    assert await b.presence_add("room:a", "ann", "c2") == 1
 
 
 @pytest.mark.redis

@@ -61,11 +61,13 @@ class Backend(Protocol):
         Without: the latest ``limit``, ``recovered`` True.
         """
 
-    async def presence_add(self, channel: str, user: str, connection: str) -> bool:
-        """Records a live connection; True when it is the user's first in ``channel``."""
+    async def presence_add(self, channel: str, user: str, connection: str) -> int | None:
+        """Records a live connection. When it is the user's first in ``channel`` (they joined):
+        the number of users in ``channel`` now; else None."""
 
-    async def presence_remove(self, channel: str, user: str, connection: str) -> bool:
-        """Forgets a connection; True when it was the user's last in ``channel``."""
+    async def presence_remove(self, channel: str, user: str, connection: str) -> int | None:
+        """Forgets a connection. When it was the user's last in ``channel`` (they left): the
+        number of users left in ``channel``; else None."""
 
     async def presence(self, channel: str) -> dict[str, int]:
         """Live connections per user in ``channel``, across every process."""

@@ -203,24 +203,24 @@ class MemoryBackend:
         freed += len(_pop_expired(self._idempotency, lambda i: i[0] <= now, budget - freed))
         return freed >= budget
 
-    async def presence_add(self, channel: str, user: str, connection: str) -> bool:
+    async def presence_add(self, channel: str, user: str, connection: str) -> int | None:
         users = self._presence.setdefault(channel, {})
         connections = users.setdefault(user, set())
         connections.add(connection)
-        return len(connections) == 1
+        return len(users) if len(connections) == 1 else None
 
-    async def presence_remove(self, channel: str, user: str, connection: str) -> bool:
+    async def presence_remove(self, channel: str, user: str, connection: str) -> int | None:
         users = self._presence.get(channel, {})
         connections = users.get(user)
         if not connections or connection not in connections:
-            return False
+            return None
         connections.discard(connection)
         if connections:
-            return False
+            return None
         del users[user]
         if not users:
             self._presence.pop(channel, None)
-        return True
+        return len(users)
 
     async def presence(self, channel: str) -> dict[str, int]:
         return {user: len(c) for user, c in self._presence.get(channel, {}).items()}

@@ -232,18 +232,20 @@ class RedisBackend:
                         if m.epoch == epoch), key=_seq)
                 for c, entries in zip(channels, ranges, strict=True)]
 
-    async def presence_add(self, channel: str, user: str, connection: str) -> bool:
+    async def presence_add(self, channel: str, user: str, connection: str) -> int | None:
         entry = (channel, user, connection)
         self._local_presence.add(entry)  # from now on renewed by _renew
         try:
-            return bool(await self._presence_call(channel, "add", user, connection, once=True))
+            members = int(await self._presence_call(channel, "add", user, connection, once=True))
         except BackendUnavailable:
             self._local_presence.discard(entry)
             raise
+        return None if members < 0 else members
 
-    async def presence_remove(self, channel: str, user: str, connection: str) -> bool:
+    async def presence_remove(self, channel: str, user: str, connection: str) -> int | None:
         self._local_presence.discard((channel, user, connection))
-        return bool(await self._presence_call(channel, "remove", user, connection, once=True))
+        members = int(await self._presence_call(channel, "remove", user, connection, once=True))
+        return None if members < 0 else members
 
     async def presence(self, channel: str) -> dict[str, int]:
         flat = await self._presence_call(channel, "list", "")

@@ -89,19 +89,21 @@ for _, m in ipairs(expired) do
 end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
 local op, ttl = ARGV[1], tonumber(ARGV[#ARGV])
-local result = 0
+local result = -1  -- add: the users now if the (first) user joined; remove: those left if it left
 if op == 'add' then  -- op, then user, connection pairs (many when renewing), then the TTL
   for i = 2, #ARGV - 1, 2 do
     local user = ARGV[i]
     if redis.call('ZADD', KEYS[1], now + ttl, #user .. ':' .. user .. ARGV[i + 1]) == 1 then
-      if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then result = 1 end
+      if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then result = redis.call('HLEN', KEYS[2]) end
     end
   end
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 elseif op == 'remove' then
   local user = ARGV[2]
-  if redis.call('ZREM', KEYS[1], #user .. ':' .. user .. ARGV[3]) == 1 then result = leave(user) end
+  if redis.call('ZREM', KEYS[1], #user .. ':' .. user .. ARGV[3]) == 1 and leave(user) == 1 then
+    result = redis.call('HLEN', KEYS[2])
+  end
 else
   return {redis.call('HGETALL', KEYS[2]), gone}
 end
