@@ -54,6 +54,7 @@ PEER_GONE = Closing(Close.NORMAL, "")
 SEND_TIMEOUT_S = 10.0
 TOO_BIG = Closing(Close.TOO_LARGE, "message too big")
 INTERNAL_ERROR = Closing(Close.INTERNAL_ERROR, "internal error")
+LOGGED_CHANNELS = 5  # a connection of many channels names this many in its log lines, then counts
 
 
 class LiveConnection:
@@ -123,7 +124,10 @@ class LiveConnection:
         metrics.opened.labels(*labels).inc()
         metrics.connections.labels(*labels).inc()
         opened = time.monotonic()
-        channel = ",".join(self.sub.channels[:None if self.multi else 1]) or "-"
+        channels = self.sub.channels
+        channel = ",".join(channels[:LOGGED_CHANNELS if self.multi else 1]) or "-"
+        if self.multi and len(channels) > LOGGED_CHANNELS:
+            channel += f",+{len(channels) - LOGGED_CHANNELS}"
         user = self.principal.user if self.principal is not None else "-"
         fields = {"user": user, "transport": self.transport, "channel": channel}
         connections_log.info("connection opened: %s %s %s", user, self.transport, channel,

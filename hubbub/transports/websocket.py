@@ -360,21 +360,28 @@ class WebSocketConnection(LiveConnection):
             limit = self.svc.settings.max_channels_per_connection
             if name not in client_names(sub.channels) and len(client_names(sub.channels)) >= limit:
                 raise BadRequest(f"at most {limit} channels on one connection")
+            added: list[str] = []
             try:
                 for channel in wanted:
                     if await hub.add_channel(sub, channel):
+                        added.append(channel)
                         metrics.subscriptions.labels(channel_kind(channel)).inc()
                     if channel.startswith("room:"):
                         await self.join(channel)
             except BackendUnavailable:
+                await self._drop_channels(added)  # refused means the set is as it was
                 raise Unavailable("the message backend is unreachable; retry later", retry_after=2) from None
         else:
-            for channel in wanted:
-                await self.leave(channel)
-                if await hub.remove_channel(sub, channel):
-                    metrics.subscriptions.labels(channel_kind(channel)).dec()
+            await self._drop_channels(wanted)
         reply = {"type": f"{frame.type}d", "channel": name}
         sub.send_frame(dumps(reply if frame.ref is None else {**reply, "ref": frame.ref}))
+
+
+    async def _drop_channels(self, channels: Sequence[str]) -> None:
+        for channel in channels:
+            await self.leave(channel)
+            if await self.svc.hub.remove_channel(self.sub, channel):
+                self.svc.metrics.subscriptions.labels(channel_kind(channel)).dec()
 
 
 class BinaryFrame(Message):

@@ -216,3 +216,28 @@ async def test_subscribing_past_the_limit_is_refused(server_factory: ServerFacto
         assert (await recv_until(ws, "subscribed"))["ref"] == "again"  # already there: fine
         await ws.send(json.dumps({"type": "subscribe", "channel": "broadcast"}))
         assert (await recv_until(ws, "error"))["code"] == "bad_request"
+
+
+@pytest.mark.redis
+async def test_a_subscribe_refused_while_redis_is_down_leaves_the_set_as_it_was(
+        server_factory: ServerFactory, private_redis: Any) -> None:
+    server = await server_factory({"REDIS_URL": private_redis.url})
+    async with ws_connect(f"{server.ws_url}/ws?channels=room:a&token={server.token('bob')}") as ws:
+        await recv_until(ws, "welcome")
+        await private_redis.stop()
+        await ws.send(json.dumps({"type": "subscribe", "channel": "room:b", "ref": "down"}))
+        error = await recv_until(ws, "error", timeout=15)
+        assert (error["code"], error["ref"]) == ("unavailable", "down")
+        assert server.hub.subscriber_counts() == [("room:a", 1)]  # room:b was rolled back
+        await private_redis.start()
+        await ws.send(json.dumps({"type": "subscribe", "channel": "room:b", "ref": "up"}))
+        assert (await recv_until(ws, "subscribed", timeout=15))["ref"] == "up"
+
+
+async def test_the_log_names_a_few_channels_then_counts(live_server: LiveServer,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    names = ",".join(f"room:r{n}" for n in range(7))
+    async with ws_connect(f"{live_server.ws_url}/ws?channels={names}&token={live_server.token('bob')}") as ws:
+        await recv_until(ws, "welcome")
+    opened = [r.getMessage() for r in caplog.records if r.getMessage().startswith("connection opened")]
+    assert opened == ["connection opened: bob websocket room:r0,room:r1,room:r2,room:r3,room:r4,+2"]
