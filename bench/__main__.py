@@ -3,7 +3,9 @@
 Writes bench/results/latest.json (or quick.json) and bench/results/latency.png (or
 quick-latency.png) and prints the table. The generator pins itself to core 1 and
 each server to core 0. ``--only scale-out`` runs just the scale-out scenario (one vs two
-workers on Redis) and writes bench/results/scale-out.json instead.
+workers on Redis) and writes bench/results/scale-out.json instead; ``--only h2sse`` runs the
+main scenario (connect, latency, sustainable, saturation) with SSE over HTTP/2 (h2c, one
+connection per subscriber) and writes bench/results/h2sse.json.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def _add(results: dict[str, Any], scenario: str, transport: str, server: str, ru
 async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str, Any]:
     if only == "scale-out":
         return {"scale_out": await scenarios.scale_out(plan, log_dir)}
+    if only == "h2sse":
+        return await _main_lives(plan, log_dir, "h2sse")
     results: dict[str, Any] = {}
     hints: dict[tuple[str, str], float] = {}
     start = time.monotonic()
@@ -149,6 +153,25 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
         except Exception as exc:  # the other scenarios' results must still be written
             traceback.print_exc()
             results["scale_out"] = {"status": f"failed: {exc!r}"[:300]}
+    return results
+
+
+async def _main_lives(plan: Plan, log_dir: Path, transport: str) -> dict[str, Any]:
+    """The main scenario alone over ``transport``, baseline right before hubbub, ``plan.runs`` times."""
+    results: dict[str, Any] = {}
+    hints: dict[str, float] = {}
+    for run in range(plan.runs):
+        for spec in (BASELINE, HUBBUB):
+            print(f"run {run + 1}/{plan.runs} {transport} {spec.name:<8} main", flush=True)
+            began = time.monotonic()
+            out = await scenarios.main_life(spec, transport, plan, log_dir, hints.get(spec.name))
+            out["connect"]["life_s"] = round(time.monotonic() - began, 1)
+            hints.setdefault(spec.name, out["sustainable"]["rate"] or plan.first_rate)
+            out["latency"] = report.latency_summary(out["latency"])
+            for scenario, value in out.items():
+                _add(results, scenario, transport, spec.name, value)
+            _progress(spec.name, out)
+    results["scale_out"] = {"status": f"not run (--only {transport})"}
     return results
 
 
@@ -267,9 +290,10 @@ def main() -> int:
                         help="regression guard: 200 subscribers, 1 run, short phases (< 2 min); "
                              "skips the scale-out")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3, quick 1)")
-    parser.add_argument("--only", choices=["scale-out"],
+    parser.add_argument("--only", choices=["scale-out", "h2sse"],
                         help="run only this scenario (scale-out: ~2.5 min; with --quick 1 short "
-                             "run); writes bench/results/NAME.json")
+                             "run; h2sse: the main scenario with SSE over HTTP/2, ~3 min); "
+                             "writes bench/results/NAME.json")
     parser.add_argument("--table", action="store_true",
                         help="print the table of the last results (latest.json, or quick.json "
                              "with --quick, scale-out.json with --only) without running anything")

@@ -138,7 +138,7 @@ class Session:
         subscriber's join is announced to the room (one user for all would announce one)."""
         paths = []
         for kind in kinds:
-            path = f"/{kind}/chat?room={ROOM}"
+            path = f"/{'ws' if kind == 'ws' else 'sse'}/chat?room={ROOM}"  # h2sse: SSE over HTTP/2
             if self._authenticated:
                 self._users += 1
                 path += f"&token={token(f'bench-{self._users}')}"
