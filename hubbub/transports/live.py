@@ -75,7 +75,7 @@ class LiveConnection:
         self.sub = sub
         self.room = room  # /ws/chat and /sse/chat: the one room
         self.multi = multi  # /ws and /sse: any set of channels (see channels.py)
-        self.joined: set[str] = set()  # the room channels this connection announced itself in
+        self.joined: tuple[str, ...] = ()  # the rooms it announced itself in (a set costs 216 B)
         self.send = send
         self.bridge = bridge  # None: not Hypercorn, or the fast path is off
         self.direct: DirectWriter | None = None
@@ -118,25 +118,24 @@ class LiveConnection:
     # -- life ----------------------------------------------------------------------
 
     async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        """Joins its rooms, serves until the peer is gone, leaves. Never raises for the peer."""
-        labels = (self.transport, self.endpoint)
+        """Joins its rooms, serves until the peer is gone, leaves. Never raises for the peer.
+
+        Its frame lives as long as the connection: it keeps no more than it must (the log
+        fields are made again at the end)."""
         metrics = self.svc.metrics
-        metrics.opened.labels(*labels).inc()
-        metrics.connections.labels(*labels).inc()
+        metrics.opened.labels(self.transport, self.endpoint).inc()
+        metrics.connections.labels(self.transport, self.endpoint).inc()
         opened = time.monotonic()
-        channels = self.sub.channels
-        channel = ",".join(channels[:LOGGED_CHANNELS if self.multi else 1]) or "-"
-        if self.multi and len(channels) > LOGGED_CHANNELS:
-            channel += f",+{len(channels) - LOGGED_CHANNELS}"
-        user = self.principal.user if self.principal is not None else "-"
+        user, channel = self._log_names()
         fields = {"user": user, "transport": self.transport, "channel": channel}
         connections_log.info("connection opened: %s %s %s", user, self.transport, channel,
                              extra={"fields": fields})
+        del user, channel, fields  # not kept for the connection's life
         for subscribed in self.sub.channels:
             metrics.subscriptions.labels(channel_kind(subscribed)).inc()
         self.sub.attach(self._on_ready, self.direct.try_write if self.direct is not None else None)
         if self.bridge is not None:
-            self.bridge.on_too_big = lambda: self.end(TOO_BIG)
+            self.bridge.on_too_big = self.too_big
         if self.sub.backlog or self.sub.ended:  # a replay queued before we listened
             self._on_ready()
         self._schedule(first=True)
@@ -148,12 +147,8 @@ class LiveConnection:
                 self.end(BACKEND_DOWN)
             await self.serve(receive)
         finally:
-            closed = {"duration_s": round(time.monotonic() - opened, 3), "messages_sent": self.sub.sent,
-                      "close_code": self.closing.code if self.closing is not None else Close.NORMAL}
-            connections_log.info("connection closed: %s %s %s after %.1f s, %d messages, close %d", user,
-                                 self.transport, channel, closed["duration_s"], closed["messages_sent"],
-                                 closed["close_code"], extra={"fields": {**fields, **closed}})
-            metrics.connections.labels(*labels).dec()
+            self._log_closed(time.monotonic() - opened)
+            metrics.connections.labels(self.transport, self.endpoint).dec()
             for subscribed in self.sub.channels:
                 metrics.subscriptions.labels(channel_kind(subscribed)).dec()
             self.sub.detach()
@@ -170,17 +165,35 @@ class LiveConnection:
             for room in tuple(self.joined):
                 await self.leave(room)
 
+    def _log_names(self) -> tuple[str, str]:
+        """The user and the channel(s) as the connection log lines name them."""
+        channels = self.sub.channels
+        channel = ",".join(channels[:LOGGED_CHANNELS if self.multi else 1]) or "-"
+        if self.multi and len(channels) > LOGGED_CHANNELS:
+            channel += f",+{len(channels) - LOGGED_CHANNELS}"
+        return (self.principal.user if self.principal is not None else "-"), channel
+
+    def _log_closed(self, duration_s: float) -> None:
+        user, channel = self._log_names()
+        closed = {"duration_s": round(duration_s, 3), "messages_sent": self.sub.sent,
+                  "close_code": self.closing.code if self.closing is not None else Close.NORMAL}
+        connections_log.info("connection closed: %s %s %s after %.1f s, %d messages, close %d", user,
+                             self.transport, channel, closed["duration_s"], closed["messages_sent"],
+                             closed["close_code"],
+                             extra={"fields": {"user": user, "transport": self.transport, "channel": channel,
+                                               **closed}})
+
     async def join(self, channel: str) -> None:
         """Announces this connection in a room (presence; the user's first one sends ``join``)."""
         if self.principal is not None and channel not in self.joined:
             await self.svc.hub.join(channel, self.principal.user, self.sub.connection_id)
-            self.joined.add(channel)
+            self.joined += (channel,)
 
     async def leave(self, channel: str) -> None:
         """Takes this connection out of a room's presence; never raises."""
         if self.principal is None or channel not in self.joined:
             return
-        self.joined.discard(channel)
+        self.joined = tuple(c for c in self.joined if c != channel)
         try:
             await self.svc.hub.leave(channel, self.principal.user, self.sub.connection_id)
         except BackendUnavailable:
@@ -204,6 +217,10 @@ class LiveConnection:
             self._flusher.cancel()  # stuck on a peer that stopped reading, or moot
         self._abort = self._loop.call_later(CLOSE_GRACE_S, self.abort)
         self._ender = self._loop.create_task(self._send_ending(closing))
+
+    def too_big(self) -> None:
+        """The bridge refused a message over MAX_MESSAGE_BYTES before buffering it."""
+        self.end(TOO_BIG)
 
     def abort(self) -> None:
         if self.bridge is not None:

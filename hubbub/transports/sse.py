@@ -119,34 +119,28 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
         except HubError as error:
             await send_error(send, request, svc.settings, error)
             return
-        try:
-            await _serve(svc, request, receive, send, bridge, principal, channels, room, multi, cursor,
-                         connection_id, start)
+        try:  # subscribed here, not in a function of its own: one coroutine frame less per stream
+            started = False
+            try:
+                async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
+                    await send(start)
+                    started = True
+                    connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge,
+                                               multi=multi)
+                    connection.visible_heartbeat = request.args.get("heartbeat") == "1"
+                    channel = client_names(channels) if multi else channels[0]
+                    await connection.greet(welcome_frame(channel, principal.user, sub.recovered,
+                                                         svc.settings.heartbeat_interval_s))
+                    await connection.run(receive)
+            except BackendUnavailable:
+                if not started:
+                    await send(start)
+                await send({"type": "http.response.body", "body": _retry_event(_BACKEND_DOWN_EVENT),
+                            "more_body": False})
         finally:
             await svc.limits.release_user(principal.user, connection_id)
     finally:
         svc.limits.release()
-
-
-async def _serve(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
-                 principal: Principal, channels: tuple[str, ...], room: str | None, multi: bool,
-                 cursor: str | None, connection_id: str, start: dict[str, Any]) -> None:
-    started = False
-    try:
-        async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
-            await send(start)
-            started = True
-            connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge, multi=multi)
-            connection.visible_heartbeat = request.args.get("heartbeat") == "1"
-            channel = client_names(channels) if multi else channels[0]
-            await connection.greet(welcome_frame(channel, principal.user, sub.recovered,
-                                                 svc.settings.heartbeat_interval_s))
-            await connection.run(receive)
-    except BackendUnavailable:
-        if not started:
-            await send(start)
-        await send({"type": "http.response.body", "body": _retry_event(_BACKEND_DOWN_EVENT),
-                    "more_body": False})
 
 
 class SSEConnection(LiveConnection):

@@ -101,17 +101,17 @@ async def chat(svc: Services, request: Request, receive: Receive, send: Send) ->
     if svc.draining:
         await _refuse_while_draining(send, bridge)
         return
-    try:
-        room = valid_room(request.args.get("room"))
-    except HubError as error:
-        await reject_upgrade(send, request, error)
-        return
-
     def channels_for(principal: Principal) -> tuple[str, ...]:
         principal.require_room(room)
         return (room_channel(room),)
 
-    await _open(svc, request, receive, send, bridge, channels_for, room=room)
+    try:
+        room = valid_room(request.args.get("room"))
+        principal = await _caller(svc, request, channels_for)
+    except HubError as error:
+        await reject_upgrade(send, request, error)
+        return
+    await _serve(svc, request, receive, send, bridge, principal, channels_for, room, False)
 
 
 async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
@@ -120,7 +120,15 @@ async def notifications(svc: Services, request: Request, receive: Receive, send:
     if svc.draining:
         await _refuse_while_draining(send, bridge)
         return
-    await _open(svc, request, receive, send, bridge, lambda principal: notification_channels(principal.user))
+    def channels_for(principal: Principal) -> tuple[str, ...]:
+        return notification_channels(principal.user)
+
+    try:
+        principal = await _caller(svc, request, channels_for)
+    except HubError as error:
+        await reject_upgrade(send, request, error)
+        return
+    await _serve(svc, request, receive, send, bridge, principal, channels_for, None, False)
 
 
 async def channels(svc: Services, request: Request, receive: Receive, send: Send) -> None:
@@ -130,27 +138,29 @@ async def channels(svc: Services, request: Request, receive: Receive, send: Send
     if svc.draining:
         await _refuse_while_draining(send, bridge)
         return
+    def channels_for(principal: Principal) -> tuple[str, ...]:
+        return hub_channels(names, principal)
+
     try:
         names = channel_list(request.args.get("channels"), svc.settings.max_channels_per_connection)
+        principal = await _caller(svc, request, channels_for)
     except HubError as error:
         await reject_upgrade(send, request, error)
         return
-    await _open(svc, request, receive, send, bridge, lambda principal: hub_channels(names, principal),
-                multi=True)
+    await _serve(svc, request, receive, send, bridge, principal, channels_for, None, True)
 
 
-async def _open(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
-                channels_for: ChannelsFor, *, room: str | None = None, multi: bool = False) -> None:
-    """Checks the origin and the caller (a token now, or an auth frame after the accept)."""
-    try:
-        check_origin(svc.settings, request.headers, request.host)
-        principal = await identify(svc, request, tickets=True)
-        if principal is not None:
-            channels_for(principal)  # a room the token does not allow: 403 before the upgrade
-    except HubError as error:
-        await reject_upgrade(send, request, error)
-        return
-    await _serve(svc, request, receive, send, bridge, principal, channels_for, room, multi)
+async def _caller(svc: Services, request: Request, channels_for: ChannelsFor) -> Principal | None:
+    """The caller, checked against the channels it asks for (a room the token does not allow:
+    403 before the upgrade); None when it signs in with an auth frame after the accept.
+
+    Returns rather than going on to serve: a live connection keeps every coroutine frame
+    above it for its whole life, so the call chain is kept short."""
+    check_origin(svc.settings, request.headers, request.host)
+    principal = await identify(svc, request, tickets=True)
+    if principal is not None:
+        channels_for(principal)
+    return principal
 
 
 async def _refuse_while_draining(send: Send, bridge: Bridge | None) -> None:
@@ -225,34 +235,28 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                     svc.metrics.auth_failure(error.detail, request.path)
                 await _close(send, bridge, Closing(error.close_code, error.detail[:120]))
                 return
-        await _subscribe_and_run(svc, request, receive, send, bridge, principal, connection_id,
-                                 channels_for(principal), room, multi, accepted)
+        # Subscribed here, not in a function of its own: one coroutine frame less per connection.
+        channels = channels_for(principal)
+        try:
+            async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
+                                         connection_id=connection_id) as subscription:
+                if not accepted:
+                    await send({"type": "websocket.accept"})
+                    accepted = True
+                connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room,
+                                                 bridge, multi=multi)
+                channel = client_names(channels) if multi else channels[0]
+                await connection.greet(welcome_frame(channel, principal.user, subscription.recovered,
+                                                     svc.settings.heartbeat_interval_s))
+                await connection.run(receive)
+        except BackendUnavailable:
+            if not accepted:
+                await send({"type": "websocket.accept"})
+            await _close(send, bridge, BACKEND_DOWN)
     finally:
         if user is not None:
             await svc.limits.release_user(user, connection_id)
         svc.limits.release()
-
-
-async def _subscribe_and_run(svc: Services, request: Request, receive: Receive, send: Send,
-                             bridge: Bridge | None, principal: Principal, connection_id: str,
-                             channels: tuple[str, ...], room: str | None, multi: bool,
-                             accepted: bool) -> None:
-    try:
-        async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
-                                     connection_id=connection_id) as subscription:
-            if not accepted:
-                await send({"type": "websocket.accept"})
-                accepted = True
-            connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room, bridge,
-                                             multi=multi)
-            channel = client_names(channels) if multi else channels[0]
-            await connection.greet(welcome_frame(channel, principal.user, subscription.recovered,
-                                                 svc.settings.heartbeat_interval_s))
-            await connection.run(receive)
-    except BackendUnavailable:
-        if not accepted:
-            await send({"type": "websocket.accept"})
-        await _close(send, bridge, BACKEND_DOWN)
 
 
 class WebSocketConnection(LiveConnection):
