@@ -78,7 +78,7 @@ def machine_busy_pct(seconds: float = 1.0) -> float:
 def prepare(plan: Plan) -> Plan:
     """Pins the generator to core 1 (server: core 0) and raises the open-files limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 2 * plan.idle_subscribers + 2 * plan.subscribers + 1024
+    want = 2 * max(plan.idle_subscribers, plan.idle_many) + 2 * plan.subscribers + 1024
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     cores = sorted(os.sched_getaffinity(0))
@@ -98,6 +98,8 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
         return {"scale_out": await scenarios.scale_out(plan, log_dir)}
     if only == "h2sse":
         return await _main_lives(plan, log_dir, "h2sse")
+    if only == "idle":
+        return await _idle_lives(plan, log_dir)
     results: dict[str, Any] = {}
     hints: dict[tuple[str, str], float] = {}
     start = time.monotonic()
@@ -172,6 +174,21 @@ async def _main_lives(plan: Plan, log_dir: Path, transport: str) -> dict[str, An
                 _add(results, scenario, transport, spec.name, value)
             _progress(spec.name, out)
     results["scale_out"] = {"status": f"not run (--only {transport})"}
+    return results
+
+
+async def _idle_lives(plan: Plan, log_dir: Path) -> dict[str, Any]:
+    """Many idle connections: the floor (Hypercorn, empty app), the baseline and hubbub."""
+    results: dict[str, Any] = {"idle": {}}
+    for run in range(plan.runs):
+        for spec in (FLOOR, BASELINE, HUBBUB):
+            print(f"run {run + 1}/{plan.runs} idle {spec.name:<8} {plan.idle_many:,} connections", flush=True)
+            out = await scenarios.idle_life(spec, plan, log_dir)
+            results["idle"].setdefault(spec.name, []).append(out)
+            print(f"    accepted in {out['accept_s']} s | {out['kb_per_connection']} KB per connection | "
+                  f"idle CPU {out['idle_cpu_pct']}% of a core over {out['idle_s']:.0f} s | "
+                  f"{out['closed_while_idle']} closed", flush=True)
+    results["scale_out"] = {"status": "not run (--only idle)"}
     return results
 
 
@@ -290,9 +307,10 @@ def main() -> int:
                         help="regression guard: 200 subscribers, 1 run, short phases (< 2 min); "
                              "skips the scale-out")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3, quick 1)")
-    parser.add_argument("--only", choices=["scale-out", "h2sse"],
+    parser.add_argument("--only", choices=["scale-out", "h2sse", "idle"],
                         help="run only this scenario (scale-out: ~2.5 min; with --quick 1 short "
-                             "run; h2sse: the main scenario with SSE over HTTP/2, ~3 min); "
+                             "run; h2sse: the main scenario with SSE over HTTP/2, ~3 min; idle: "
+                             "15,000 idle connections per process, ~5 min per run); "
                              "writes bench/results/NAME.json")
     parser.add_argument("--table", action="store_true",
                         help="print the table of the last results (latest.json, or quick.json "

@@ -59,6 +59,8 @@ class Plan:
     scale_out_runs: int | None = None  # None: ``runs``; 0: skipped
     scale_out_budget_s: float = 160  # reserved out of ``budget_s``; no new run past it
     scale_out_target: float = 1.7
+    idle_many: int = 15_000  # --only idle: connections per process (the hard fd limit here is 20,000)
+    idle_many_s: float = 60.0  # ... and how long they sit idle while the server's CPU is read
 
     @property
     def latency_rate(self) -> float:
@@ -202,6 +204,33 @@ async def memory_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Pat
         n = plan.idle_subscribers
         return {"kb_per_connection": round((after - before) / n, 2), "rss_before_kb": before,
                 "rss_after_kb": after, "connections": n, "connect_s": round(seconds, 3),
+                "code": server.version}
+    finally:
+        session.close()
+        server.stop()
+
+
+async def idle_life(spec: ServerSpec, plan: Plan, log_dir: Path) -> dict[str, Any]:
+    """``plan.idle_many`` idle subscribers, half SSE and half WebSocket, each its own user:
+    the seconds to accept them, RSS per connection, and the server's CPU while they sit idle
+    for ``plan.idle_many_s`` (heartbeats, WebSocket pings and the silence checks at the
+    default HEARTBEAT_INTERVAL and IDLE_TIMEOUT), as a share of one core."""
+    server = await _start(spec, plan, log_dir)
+    session = Session(server)
+    try:
+        await session.connect(kinds("mix", 50))  # warm-up, kept open
+        await server.wait_idle(quiet_s=0.2, timeout_s=2.0)
+        before = server.rss_kb()
+        seconds = await session.connect(kinds("mix", plan.idle_many), timeout_s=300)
+        await server.wait_idle(quiet_s=0.5, timeout_s=15.0)
+        after = server.rss_kb()
+        cpu0, start = server.cpu_s(), time.monotonic()
+        await asyncio.sleep(plan.idle_many_s)  # the load is time itself: connections sitting idle
+        cpu_pct = 100 * (server.cpu_s() - cpu0) / (time.monotonic() - start)
+        return {"connections": plan.idle_many, "accept_s": round(seconds, 2),
+                "kb_per_connection": round((after - before) / plan.idle_many, 2),
+                "idle_cpu_pct": round(cpu_pct, 2), "idle_s": plan.idle_many_s,
+                "closed_while_idle": sum(1 for sub in session.subs if sub.closed),
                 "code": server.version}
     finally:
         session.close()
