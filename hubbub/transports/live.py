@@ -26,7 +26,8 @@ from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.message import Message
 from hubbub.hub.outbox import SlowConsumer, Subscription
 from hubbub.metrics import channel_kind
-from hubbub.transports.common import Services
+from hubbub.transports.channels import client_names
+from hubbub.transports.common import Services, welcome_frame
 from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
 from hubbub.transports.socket_writer import DirectWriter
 
@@ -99,6 +100,13 @@ class LiveConnection:
 
     def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
         return True
+
+    def welcome(self) -> str:
+        """The welcome frame: its channel, or on /ws and /sse the names of its set."""
+        assert self.principal is not None
+        channels = self.sub.channels
+        return welcome_frame(client_names(channels) if self.multi else channels[0], self.principal.user,
+                             self.sub.recovered, self.svc.settings.heartbeat_interval_s)
 
     async def greet(self, welcome: str) -> None:
         """Sends the welcome: straight to the socket when the wire allows, like every message

@@ -22,7 +22,7 @@ from hubbub.hub.hub import notification_channels, room_channel
 from hubbub.hub.message import Message
 from hubbub.hub.wire import http_chunk
 from hubbub.transports.asgi import Receive, Request, Send, raw_headers, send_error
-from hubbub.transports.channels import channel_list, client_names, hub_channels
+from hubbub.transports.channels import channel_list, hub_channels
 from hubbub.transports.common import (
     Services,
     check_origin,
@@ -31,7 +31,6 @@ from hubbub.transports.common import (
     refuse_while_draining,
     require_principal,
     valid_room,
-    welcome_frame,
 )
 from hubbub.transports.hypercorn_bridge import Bridge
 from hubbub.transports.live import BACKEND_DOWN, Closing, LiveConnection
@@ -128,9 +127,7 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
                     connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge,
                                                multi=multi)
                     connection.visible_heartbeat = request.args.get("heartbeat") == "1"
-                    channel = client_names(channels) if multi else channels[0]
-                    await connection.greet(welcome_frame(channel, principal.user, sub.recovered,
-                                                         svc.settings.heartbeat_interval_s))
+                    await connection.greet(connection.welcome())
                     await connection.run(receive)
             except BackendUnavailable:
                 if not started:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from hubbub.auth import AUTH_FRAME_TIMEOUT_S, Principal
@@ -32,7 +33,6 @@ from hubbub.transports.common import (
     publish_chat,
     refuse_while_draining,
     valid_room,
-    welcome_frame,
 )
 from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
 from hubbub.transports.inbound import ClientFrame, parse_frame
@@ -50,6 +50,9 @@ REPLY_WAIT_S = 10.0
 CHANNEL_CHANGES_PER_S = 10.0
 
 ChannelsFor = Callable[[Principal], tuple[str, ...]]  # the hub channels a caller gets; Forbidden if none
+# An endpoint's reading of its query: its ChannelsFor and the room chat frames go to (None: they
+# name it, or there is none); BadRequest for a malformed query.
+Plan = Callable[[Services, Request], tuple[ChannelsFor, str | None]]
 
 
 class PeerLeft(Exception):
@@ -95,59 +98,26 @@ async def echo(svc: Services, request: Request, receive: Receive, send: Send) ->
         svc.limits.release()
 
 
-async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
-    await receive()  # websocket.connect
-    bridge = _attach(svc, send)
-    if svc.draining:
-        await _refuse_while_draining(send, bridge)
-        return
+def _room_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
+    """/ws/chat?room=NAME: the room, for callers the token lets in."""
+    room = valid_room(request.args.get("room"))
+
     def channels_for(principal: Principal) -> tuple[str, ...]:
         principal.require_room(room)
         return (room_channel(room),)
 
-    try:
-        room = valid_room(request.args.get("room"))
-        principal = await _caller(svc, request, channels_for)
-    except HubError as error:
-        await reject_upgrade(send, request, error)
-        return
-    await _serve(svc, request, receive, send, bridge, principal, channels_for, room, False)
+    return channels_for, room
 
 
-async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
-    await receive()  # websocket.connect
-    bridge = _attach(svc, send)
-    if svc.draining:
-        await _refuse_while_draining(send, bridge)
-        return
-    def channels_for(principal: Principal) -> tuple[str, ...]:
-        return notification_channels(principal.user)
-
-    try:
-        principal = await _caller(svc, request, channels_for)
-    except HubError as error:
-        await reject_upgrade(send, request, error)
-        return
-    await _serve(svc, request, receive, send, bridge, principal, channels_for, None, False)
+def _notifications_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
+    """/ws/notifications: the caller's own notifications and the broadcasts."""
+    return (lambda principal: notification_channels(principal.user)), None
 
 
-async def channels(svc: Services, request: Request, receive: Receive, send: Send) -> None:
+def _channels_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
     """/ws?channels=room:lobby,notifications: any set on one connection, changed by frames."""
-    await receive()  # websocket.connect
-    bridge = _attach(svc, send)
-    if svc.draining:
-        await _refuse_while_draining(send, bridge)
-        return
-    def channels_for(principal: Principal) -> tuple[str, ...]:
-        return hub_channels(names, principal)
-
-    try:
-        names = channel_list(request.args.get("channels"), svc.settings.max_channels_per_connection)
-        principal = await _caller(svc, request, channels_for)
-    except HubError as error:
-        await reject_upgrade(send, request, error)
-        return
-    await _serve(svc, request, receive, send, bridge, principal, channels_for, None, True)
+    names = channel_list(request.args.get("channels"), svc.settings.max_channels_per_connection)
+    return (lambda principal: hub_channels(names, principal)), None
 
 
 async def _caller(svc: Services, request: Request, channels_for: ChannelsFor) -> Principal | None:
@@ -200,10 +170,21 @@ async def _principal_from_first_frame(svc: Services, receive: Receive) -> Princi
     return svc.authenticator.verify(frame.token)
 
 
-async def _serve(svc: Services, request: Request, receive: Receive, send: Send, bridge: Bridge | None,
-                 principal: Principal | None, channels_for: ChannelsFor, room: str | None,
+async def _serve(svc: Services, request: Request, receive: Receive, send: Send, *, plan: Plan,
                  multi: bool) -> None:
-    """Counts the connection, accepts, subscribes, and serves it until the peer is gone."""
+    """Checks the caller, counts the connection, accepts, subscribes, and serves it until the
+    peer is gone. The endpoints are this with their plan (a partial: no frame of their own)."""
+    await receive()  # websocket.connect
+    bridge = _attach(svc, send)
+    if svc.draining:
+        await _refuse_while_draining(send, bridge)
+        return
+    try:
+        channels_for, room = plan(svc, request)
+        principal = await _caller(svc, request, channels_for)
+    except HubError as error:
+        await reject_upgrade(send, request, error)
+        return
     connection_id = new_connection_id()
     user: str | None = None  # whose connection slot this holds, once it does
     try:  # refused before the upgrade, with an HTTP status the client can read
@@ -245,9 +226,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                     accepted = True
                 connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room,
                                                  bridge, multi=multi)
-                channel = client_names(channels) if multi else channels[0]
-                await connection.greet(welcome_frame(channel, principal.user, subscription.recovered,
-                                                     svc.settings.heartbeat_interval_s))
+                await connection.greet(connection.welcome())
                 await connection.run(receive)
         except BackendUnavailable:
             if not accepted:
@@ -257,6 +236,11 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
         if user is not None:
             await svc.limits.release_user(user, connection_id)
         svc.limits.release()
+
+
+chat = partial(_serve, plan=_room_plan, multi=False)
+notifications = partial(_serve, plan=_notifications_plan, multi=False)
+channels = partial(_serve, plan=_channels_plan, multi=True)
 
 
 class WebSocketConnection(LiveConnection):
