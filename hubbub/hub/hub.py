@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from operator import attrgetter
 from typing import Any
 
 from hubbub.hub.backends.base import Backend, BackendUnavailable
@@ -29,6 +31,9 @@ BROADCAST = "broadcast"
 # joining one room; gathered, a member's socket takes a window's joins in one write.
 LIVE_WINDOW_S = 0.05
 REPLAY_PAGE_MAX = 500  # messages read from history per page of a replay
+RECOUNT_S = 10.0  # the metrics' sums over subscriptions are at most this stale when nothing changed
+_SENT = attrgetter("sent")
+_BACKLOG = attrgetter("backlog")
 
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -75,6 +80,10 @@ class Hub:
         # Each entry counts its users so it is dropped when nobody holds or awaits it.
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._retired_sent = 0  # what ended subscriptions were handed, for delivered()
+        # Bumped wherever a subscription's ``sent`` or backlog may change, so that the metrics'
+        # sums (``_count``) do not walk 15,000 idle subscriptions every second for nothing.
+        self._changes = 0
+        self._counted: tuple[int, float, int, int] = (-1, 0.0, 0, 0)  # changes, when, sent, queued
         # Told each message's age when its fan-out here ends (the publish-to-socket histogram).
         self.observe_latency: Callable[[float], None] | None = None
         self._live: list[Message] = []  # join/leave frames waiting for LIVE_WINDOW_S
@@ -148,6 +157,7 @@ class Hub:
             subscription.close()
             self._subscriptions.discard(subscription)
             self._retired_sent += subscription.sent
+            self._changes += 1
             if replaying is not None:
                 replaying.cancel()
             for channel in subscription.channels:
@@ -186,6 +196,7 @@ class Hub:
             subscription.go_live()
             return None
         subscription.replay_page(page.messages)
+        self._changes += 1
         if len(page.messages) < self._page_size and subscription.held_drops == drops:
             subscription.go_live()
             return None
@@ -264,6 +275,7 @@ class Hub:
             self._live_due.cancel()
             self._live_due = None
         live, self._live = self._live, []
+        self._changes += 1
         by_channel: dict[str, list[Message]] = {}
         for message in live:
             by_channel.setdefault(message.channel, []).append(message)
@@ -281,6 +293,7 @@ class Hub:
         subscribers = self._subscribers.get(message.channel)
         if not subscribers:
             return
+        self._changes += 1
         for subscription in tuple(subscribers):
             subscription.offer(message)
         if self.observe_latency is not None and (age := message_age_s(message.json)) is not None:
@@ -321,11 +334,24 @@ class Hub:
     def delivered(self) -> int:
         """Messages handed to subscriptions so far (the sender's own connection, which gets an
         ack instead, not counted). Counted per subscription on the hot path, summed here."""
-        return self._retired_sent + sum(subscription.sent for subscription in self._subscriptions)
+        return self._retired_sent + self._count()[0]
 
     def queued(self) -> int:
         """Messages waiting in outboxes for sockets that are backed up."""
-        return sum(subscription.backlog for subscription in self._subscriptions)
+        return self._count()[1]
+
+    def _count(self) -> tuple[int, int]:
+        """(sent, queued) over the open subscriptions: summed again only after a change, while
+        outboxes hold something, or after RECOUNT_S (a connection's own frames, acks and pongs,
+        queue without a change here)."""
+        changes, when, sent, queued = self._counted
+        now = time.monotonic()
+        if changes != self._changes or queued or now - when > RECOUNT_S:
+            subscriptions = self._subscriptions
+            sent = sum(map(_SENT, subscriptions))
+            queued = sum(map(_BACKLOG, subscriptions))
+            self._counted = (self._changes, now, sent, queued)
+        return sent, queued
 
     def local_subscriptions(self) -> int:
         return sum(len(s) for s in self._subscribers.values())

@@ -33,6 +33,7 @@ from hubbub.limits import ConnectionLimits
 from hubbub.metrics import Metrics, channel_kind
 from hubbub.transports.hypercorn_bridge import Bridge
 from hubbub.transports.socket_writer import WriteBatcher
+from hubbub.transports.timer_wheel import TimerWheel
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Services:
     limits: ConnectionLimits
     metrics: Metrics
     writes: WriteBatcher = field(default_factory=WriteBatcher)  # direct socket writes, per turn
+    wheel: TimerWheel = field(default_factory=TimerWheel)  # every live connection's heartbeat
     draining: bool = False
     authenticate_hook: AuthenticateHook | None = None
     publish_hook: PublishHook | None = None

@@ -2,11 +2,12 @@
 
 No task of its own: hub messages are written from the fan-out while the socket takes
 them (``DirectWriter``); when it is backed up they queue in the outbox and a
-short-lived flush task writes them in one go. One timer sends heartbeats, checks
-token expiry and (WebSocket) silence. Whatever ends the connection first (a full
-outbox, the token, the server draining, the peer's own misbehaviour) sends the
-ending once; a peer that does not take it within ``CLOSE_GRACE_S`` is dropped.
-The connection's own task only waits for the peer to leave.
+short-lived flush task writes them in one go. A slot in the process's timer wheel
+(timer_wheel.py) sends heartbeats, checks token expiry and (WebSocket) silence.
+Whatever ends the connection first (a full outbox, the token, the server draining,
+the peer's own misbehaviour) sends the ending once; a peer that does not take it
+within ``CLOSE_GRACE_S`` is dropped. The connection's own task only waits for the
+peer to leave.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class LiveConnection:
     """Subclasses say how a message, a heartbeat and the ending go on their wire."""
 
     __slots__ = ("svc", "principal", "sub", "room", "multi", "joined", "send", "bridge", "direct", "closing",
-                 "_loop", "_flusher", "_ender", "_timer", "_abort")
+                 "_loop", "_flusher", "_ender", "_due", "_abort")
 
     transport: ClassVar[str]  # the metrics' label: websocket, sse
     frame_attribute: ClassVar[str]  # the Message attribute holding its bytes on this wire
@@ -86,7 +87,7 @@ class LiveConnection:
         self._loop = asyncio.get_running_loop()
         self._flusher: asyncio.Task[None] | None = None
         self._ender: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._due: int | None = None  # its slot in the timer wheel
         self._abort: asyncio.TimerHandle | None = None
 
     @property
@@ -164,9 +165,10 @@ class LiveConnection:
                 self.bridge.on_too_big = None
             if self.direct is not None:
                 self.direct.close()
-            for handle in (self._timer, self._abort):
-                if handle is not None:
-                    handle.cancel()
+            if self._due is not None:
+                self.svc.wheel.remove(self, self._due)
+            if self._abort is not None:
+                self._abort.cancel()
             for task in (self._flusher, self._ender):
                 if task is not None:
                     task.cancel()
@@ -290,10 +292,11 @@ class LiveConnection:
         left = self.principal.seconds_left() if self.principal is not None else None
         if left is not None:
             delay = min(delay, max(left, 0.0))
-        self._timer = self._loop.call_later(delay, self._tick)
+        self._due = self.svc.wheel.add(self, delay)
 
-    def _tick(self) -> None:
-        self._timer = None
+    def tick(self) -> None:
+        """Its beat: token expiry, silence, then a heartbeat and the next beat."""
+        self._due = None
         if self.closing is not None:
             return
         left = self.principal.seconds_left() if self.principal is not None else None

@@ -676,3 +676,20 @@ async def test_hub_presence_frames_carry_no_id(make_hub) -> None:
         (frame,) = await take(sub, 1)
     assert frame.id is None
     assert b"id:" not in frame.sse
+
+
+async def test_hub_counts_stay_true_across_closes_and_are_not_summed_again_while_idle(make_hub) -> None:
+    hub = await make_hub()
+    async with asyncio.timeout(TIMEOUT_S):
+        async with hub.subscribe([LOBBY], connection_id="a") as a:
+            async with hub.subscribe([LOBBY], connection_id="b"):
+                await hub.publish(LOBBY, {"type": "chat", "text": "1"})
+                assert (hub.delivered(), hub.queued()) == (2, 2)
+            assert (hub.delivered(), hub.queued()) == (2, 1)  # b's count retired, not lost or doubled
+            await take(a, 1)
+            assert hub.queued() == 0
+            counted = hub._counted
+            assert (hub.delivered(), hub.queued()) == (2, 0) and hub._counted is counted  # idle: no walk
+            await hub.publish(LOBBY, {"type": "chat", "text": "2"})
+            assert (hub.delivered(), hub.queued()) == (3, 1)
+        assert hub.delivered() == 3
