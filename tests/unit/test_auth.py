@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from hubbub import auth as auth_module
 from hubbub.auth import (
     Authenticator,
     Principal,
@@ -87,6 +88,32 @@ def test_authenticator_verify_expired_token_unauthorized(hs_auth: Authenticator)
 
 def test_authenticator_verify_within_leeway_accepted(hs_auth: Authenticator) -> None:
     assert hs_auth.verify(hs256(claims(exp=int(time.time()) - 1))).user == "alice"
+
+
+def test_authenticator_verify_checks_a_token_once_and_never_past_its_exp(
+        hs_auth: Authenticator, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = hs256(claims(exp=int(time.time()) + 60))
+    first = hs_auth.verify(token)
+    calls: list[str] = []
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append("decode") or {})
+    assert hs_auth.verify(token) is first and calls == []  # the same text: not decoded again
+    later = time.time() + 60 + 6  # past exp and the 5 s leeway PyJWT allows
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthorized):
+        hs_auth.verify(token)  # decoded again (the stub's claims lack sub): never served stale
+    assert calls == ["decode"]
+
+
+def test_authenticator_verify_remembers_only_good_tokens_and_a_bounded_number(
+        hs_auth: Authenticator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_module, "VERIFIED_CACHE_SIZE", 3)
+    bad = hs256(claims(), secret=OTHER_SECRET)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            hs_auth.verify(bad)
+    tokens = [hs256(claims(sub=f"u{i}")) for i in range(5)]
+    assert [hs_auth.verify(t).user for t in tokens] == [f"u{i}" for i in range(5)]
+    assert list(hs_auth._verified) == tokens[2:]
 
 
 def test_authenticator_verify_bad_signature_unauthorized(hs_auth: Authenticator) -> None:
