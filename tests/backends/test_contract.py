@@ -647,3 +647,18 @@ async def test_redis_tls_url_accepts_a_self_signed_certificate(
     await backend.subscribe("room:a")
     published = await backend.publish("room:a", body())
     assert ids(await inbox.wait_for(1)) == [published.id]
+
+
+async def test_a_crowd_at_once_is_served_not_refused(backend: Backend) -> None:
+    """A reconnect storm: hundreds of joins and history reads in flight together all succeed
+    (redis-py's default pool refused every command past 100 at once with "Too many
+    connections"; they now wait for a connection)."""
+    channel = "room:storm"
+    await backend.publish(channel, '{"type":"chat","text":"before"}')
+    joins = [backend.presence_add(channel, f"u{i}", f"c{i}") for i in range(300)]
+    reads = [backend.history([channel], None, 10) for _ in range(300)]
+    async with asyncio.timeout(20):
+        results = await asyncio.gather(*joins, *reads)
+    assert sorted(r for r in results[:300] if r is not None)[-1] == 300
+    assert all(len(page.messages) == 1 for page in results[300:])
+    assert len(await backend.presence(channel)) == 300

@@ -44,6 +44,12 @@ PING_TIMEOUT_S = 2.0
 IDLE_PING_S = 10.0  # an idle pub/sub connection is pinged; no reply in as long again drops it
 RENEW_BATCH = 500  # connections renewed per script call (a few ms of Redis time)
 RESYNC_FRAME = '{"type":"resync"}'
+# Redis connections per process for commands. More commands at once wait (up to POOL_WAIT_S)
+# for one to come free: redis-py's default pool fails them with "Too many connections" past
+# 100 in flight, which a reconnect storm (every newcomer's presence and history) or a drain
+# (every connection's leave) reaches within milliseconds, turning into 503s and 1013 closes.
+MAX_CONNECTIONS = 64
+POOL_WAIT_S = 5.0
 
 
 def _parse(channel: str, json_text: str, origin: str | None = None) -> Message:
@@ -80,9 +86,10 @@ class RedisBackend:
         tls: dict[str, Any] = {"ssl_cert_reqs": "none"} if url.startswith("rediss://") else {}
         common: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=2.0, **tls)
         # from_url has no retries: commands ride out a blip, then fail within a few seconds.
-        self._client = aioredis.from_url(
-            url, socket_timeout=5.0, retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError], **common)
+        self._client = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, socket_timeout=5.0,
+            retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError], **common))
         # No retries here on purpose: a silent reconnect inside redis-py would skip the catch-up.
         name = "".join(c if "!" <= c <= "~" else "_" for c in f"{prefix}listener")
         self._pubsub_client = aioredis.from_url(url, client_name=name, **common)
