@@ -1,8 +1,10 @@
 """The naive baseline: a Quart hub written the way the original design notes sketch it.
 
-A dict of connections per room; the publisher awaits ``websocket.send`` on every
-WebSocket in turn (``json.dumps`` per client); each SSE client has an unbounded
-``asyncio.Queue`` and its generator yields one event per message. No auth (a
+A dict of connections per room; the publisher (a POST, or a WebSocket member's
+``{"type":"chat","text"}`` frame, answered with ``{"type":"ack","id"}`` instead of its own
+message) awaits ``websocket.send`` on every WebSocket in turn (``json.dumps`` per
+client); each SSE client has an unbounded ``asyncio.Queue`` and its generator yields
+one event per message. No auth (a
 bearer or ``?token=`` is accepted and ignored). Same message shape as hubbub, so the
 load generator drives both alike. Deliberately not optimised: it is the yardstick.
 
@@ -35,19 +37,26 @@ def create_app() -> Quart:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "backend": "naive"}
 
-    @app.post("/api/rooms/<room>/messages")
-    async def post_message(room: str) -> tuple[dict[str, str], int]:
-        body = await request.get_json(force=True)
-        message = {"id": str(next(ids)), "type": "chat", "text": body["text"],
+    async def publish(room: str, text: str, skip: Any = None) -> str:
+        """Fans the message out to the room, awaiting each WebSocket in turn; ``skip``: the
+        sender's own WebSocket (it gets an ack instead)."""
+        message = {"id": str(next(ids)), "type": "chat", "text": text,
                    "channel": f"room:{room}", "sender": None, "timestamp": _now()}
         for queue in list(sse_clients.get(room, ())):
             queue.put_nowait(message)
         for ws in list(ws_clients.get(room, ())):
+            if ws is skip:
+                continue
             try:
                 await ws.send(json.dumps(message))
             except Exception:  # a dead connection: drop it and go on
                 ws_clients.get(room, set()).discard(ws)
-        return {"id": message["id"]}, 202
+        return message["id"]
+
+    @app.post("/api/rooms/<room>/messages")
+    async def post_message(room: str) -> tuple[dict[str, str], int]:
+        body = await request.get_json(force=True)
+        return {"id": await publish(room, body["text"])}, 202
 
     @app.websocket("/ws/chat")
     async def ws_chat() -> None:
@@ -58,7 +67,16 @@ def create_app() -> Quart:
         try:
             await ws.send(json.dumps({"type": "welcome", "channel": f"room:{room}"}))
             while True:
-                await websocket.receive()  # nothing to do with client frames
+                frame = await websocket.receive()
+                try:
+                    data = json.loads(frame)
+                except ValueError:
+                    continue  # not JSON: nothing to do with it
+                if not isinstance(data, dict) or data.get("type") != "chat":
+                    continue
+                if isinstance(data.get("text"), str):
+                    message_id = await publish(room, data["text"], skip=ws)
+                    await ws.send(json.dumps({"type": "ack", "id": message_id}))
         finally:
             ws_clients.get(room, set()).discard(ws)
 
