@@ -10,7 +10,7 @@ PORT   ?= 8000
 
 JS_CHECKS = tests/js/node_modules/.package-lock.json
 
-.PHONY: setup run test test-fast lint lint-js bench bench-quick clean
+.PHONY: setup run test test-fast lint lint-js bench-tools bench bench-quick clean
 
 setup: $(TEST_STAMP) $(JS_CHECKS)
 
@@ -61,14 +61,23 @@ lint: setup lint-js
 	$(BIN)/ruff check hubbub app tests $(wildcard bench) $(wildcard examples)
 	$(BIN)/mypy hubbub app
 
-# Benchmarks need matplotlib for the latency plot: the "bench" extra.
-bench: setup
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
-	$(BIN)/python -m bench
+# Benchmarks need matplotlib for the latency plot (the "bench" extra) and ws for the Node
+# reference server (bench/node, npm ci: the exact version of package-lock.json).
+# Every scenario in turn (docs/performance.md): one room, many rooms, the reconnect storm,
+# Redis against memory, 15,000 idle connections. bench-quick: the same at a smaller N.
+BENCH_SCENARIOS = rooms storm redis idle
 
-bench-quick: setup
+bench-tools: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+	cd bench/node && npm ci --no-audit --no-fund --loglevel=error
+
+bench: bench-tools
+	$(BIN)/python -m bench
+	for s in $(BENCH_SCENARIOS); do $(BIN)/python -m bench --only $$s --runs 1 || exit 1; done
+
+bench-quick: bench-tools
 	$(BIN)/python -m bench --quick
+	for s in $(BENCH_SCENARIOS); do $(BIN)/python -m bench --quick --only $$s || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist tests/js/node_modules tests/js/types/generated

@@ -1,4 +1,4 @@
-"""``python -m bench [--quick]``: every scenario, baseline right before hubbub, medians of N runs.
+"""``python -m bench [--quick]``: every scenario, baseline, Node and hubbub in turn, medians of N runs.
 
 Writes bench/results/latest.json (or quick.json) and bench/results/latency.png (or
 quick-latency.png) and prints the table. The generator pins itself to core 1 and
@@ -27,7 +27,7 @@ from typing import Any
 
 from bench import report, scenarios
 from bench.scenarios import MEMORY_TRANSPORTS, QUICK, Plan
-from bench.servers import BASELINE, FLOOR, HUBBUB, ROOT
+from bench.servers import BASELINE, FLOOR, HUBBUB, NODE, ROOT, node_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,9 +53,25 @@ def machine() -> dict[str, Any]:
 
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "kernel": platform.release(), "load_avg": os.getloadavg(),
-            "hypercorn": version("hypercorn"), "quart": version("quart"),
+            "hypercorn": version("hypercorn"), "quart": version("quart"), **node_versions(),
             "commit": git("rev-parse", "--short", "HEAD"),
             "dirty_files": len(git("status", "--porcelain", "--", "app").splitlines())}
+
+
+def node_versions() -> dict[str, str]:
+    """The Node reference's runtime and ws versions ("" where unknown)."""
+    import json
+
+    try:
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        node = ""
+    try:
+        ws = json.loads((ROOT / "bench/node/node_modules/ws/package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        ws = ""
+    return {"node_version": node, "ws_version": ws}
 
 
 def machine_busy_pct(seconds: float = 1.0) -> float:
@@ -112,7 +128,7 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
         run_start = time.monotonic()
         for transport in plan.transports:
             main: dict[str, dict[str, Any]] = {}
-            for spec in (BASELINE, HUBBUB):
+            for spec in (BASELINE, NODE, HUBBUB):
                 print(f"run {run + 1}/{plan.runs} {transport:>3} {spec.name:<8} main", flush=True)
                 hint = hints.get((spec.name, transport))
                 began = time.monotonic()
@@ -123,7 +139,10 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
                 for scenario, value in out.items():
                     _add(results, scenario, transport, spec.name, value)
                 _progress(spec.name, out)
-            for spec in (BASELINE, HUBBUB):
+            # The slow lives compare hubbub with the naive baseline only (Node, which has no
+            # slow-consumer policy, buffers without bound); none in quick mode, to keep all of
+            # `make bench-quick` short.
+            for spec in () if plan.quick else (BASELINE, HUBBUB):
                 print(f"run {run + 1}/{plan.runs} {transport:>3} {spec.name:<8} slow", flush=True)
                 began = time.monotonic()
                 slow = await scenarios.slow_life(spec, transport, plan, log_dir,
@@ -136,8 +155,8 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
                       f"{slow['stalled_closed_by_server']} stalled closed by the server", flush=True)
         for transport in MEMORY_TRANSPORTS:
             # The floor is a fixed reference (its RSS per connection does not move between
-            # runs): measured in the first run only, to keep three runs within 15 minutes.
-            for spec in (FLOOR, BASELINE, HUBBUB) if run == 0 else (BASELINE, HUBBUB):
+            # runs): measured in the first run only, to keep three runs within the budget.
+            for spec in (FLOOR, BASELINE, NODE, HUBBUB) if run == 0 else (BASELINE, NODE, HUBBUB):
                 print(f"run {run + 1}/{plan.runs} {transport:>3} {spec.name:<8} memory", flush=True)
                 began = time.monotonic()
                 mem = await scenarios.memory_life(spec, transport, plan, log_dir)
@@ -159,7 +178,10 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
 
 
 async def _main_lives(plan: Plan, log_dir: Path, transport: str) -> dict[str, Any]:
-    """The main scenario alone over ``transport``, baseline right before hubbub, ``plan.runs`` times."""
+    """The main scenario alone over ``transport``, baseline right before hubbub, ``plan.runs`` times.
+
+    No Node reference here: h2sse needs h2c, which the Node server (plain ``http``) does not serve.
+    """
     results: dict[str, Any] = {}
     hints: dict[str, float] = {}
     for run in range(plan.runs):
@@ -178,10 +200,10 @@ async def _main_lives(plan: Plan, log_dir: Path, transport: str) -> dict[str, An
 
 
 async def _idle_lives(plan: Plan, log_dir: Path) -> dict[str, Any]:
-    """Many idle connections: the floor (Hypercorn, empty app), the baseline and hubbub."""
+    """Many idle connections: the floor (Hypercorn, empty app), the baseline, Node and hubbub."""
     results: dict[str, Any] = {"idle": {}}
     for run in range(plan.runs):
-        for spec in (FLOOR, BASELINE, HUBBUB):
+        for spec in (FLOOR, BASELINE, NODE, HUBBUB):
             print(f"run {run + 1}/{plan.runs} idle {spec.name:<8} {plan.idle_many:,} connections", flush=True)
             out = await scenarios.idle_life(spec, plan, log_dir)
             results["idle"].setdefault(spec.name, []).append(out)
@@ -307,10 +329,13 @@ def main() -> int:
                         help="regression guard: 200 subscribers, 1 run, short phases (< 2 min); "
                              "skips the scale-out")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3, quick 1)")
-    parser.add_argument("--only", choices=["scale-out", "h2sse", "idle"],
+    parser.add_argument("--only", choices=["scale-out", "h2sse", "idle", "rooms", "storm", "redis"],
                         help="run only this scenario (scale-out: ~2.5 min; with --quick 1 short "
                              "run; h2sse: the main scenario with SSE over HTTP/2, ~3 min; idle: "
-                             "15,000 idle connections per process, ~5 min per run); "
+                             "15,000 idle connections per process, ~6 min per run; rooms: "
+                             "1,000 rooms x 10, publish-heavy, ~3 min per run; storm: 5,000 "
+                             "subscribers reconnecting after a restart, ~5 min; redis: hubbub "
+                             "on memory and on Redis, one room and many rooms, ~4 min per run); "
                              "writes bench/results/NAME.json")
     parser.add_argument("--table", action="store_true",
                         help="print the table of the last results (latest.json, or quick.json "
@@ -326,6 +351,21 @@ def main() -> int:
             print(f"no {path}: run the bench first", file=sys.stderr)
             return 1
         data = json.loads(path.read_text())
+        if args.only == "rooms":
+            from bench import rooms
+
+            print(rooms.reprint(data))
+            return 0
+        if args.only == "storm":
+            from bench import storm
+
+            print(storm.table(data))
+            return 0
+        if args.only == "redis":
+            from bench import redis_speed
+
+            print(redis_speed.reprint(data))
+            return 0
         print(report.table(data["summary"], _extra(data)))
         return 0
     plan = QUICK if args.quick else Plan()
@@ -333,6 +373,11 @@ def main() -> int:
         plan = plan.__class__(**{**plan.__dict__, "runs": args.runs})
     if args.only == "scale-out" and plan.scale_out_runs == 0:
         plan = plan.__class__(**{**plan.__dict__, "scale_out_runs": 1})
+    if args.only in (None, "idle"):  # the runs with the Node reference
+        why = node_unavailable()
+        if why:
+            print(f"bench: cannot start the Node reference server: {why}", file=sys.stderr)
+            return 1
     plan = prepare(plan)
     # SIGTERM as Ctrl-C: the finally blocks stop the servers and redis-server and remove the cgroups.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -346,6 +391,22 @@ def main() -> int:
             else "full", "plan": plan.__dict__, **machine(), "busy_before_pct": machine_busy_pct()}
     if args.only:
         meta["only"] = args.only
+    if args.only == "rooms":  # its own runner, JSON and table: bench/rooms.py
+        from bench import rooms
+
+        return rooms.main(rooms.plan_for(plan.quick, args.runs, plan.server_core), meta,
+                          RESULTS / f"{name}.json")
+    if args.only == "storm":  # its own runner, JSON and table: bench/storm.py
+        from bench import storm
+
+        return storm.main(plan.quick, args.runs, plan.server_core, meta, RESULTS / f"{name}.json")
+    if args.only == "redis":  # its own runner, JSON and table: bench/redis_speed.py
+        from bench import redis_speed, rooms
+
+        if not args.runs:  # ~4 min a run: one unless asked
+            plan = plan.__class__(**{**plan.__dict__, "runs": 1})
+        return redis_speed.main(plan, rooms.plan_for(plan.quick, 1, plan.server_core), meta,
+                                RESULTS / f"{name}.json")
     print(f"bench ({meta['mode']}{', only ' + args.only if args.only else ''}): "
           f"{plan.subscribers} subscribers, "
           f"{plan.scale_out_runs if args.only and plan.scale_out_runs else plan.runs} run(s); "
@@ -388,7 +449,7 @@ def main() -> int:
         print(f"wrote {RESULTS / f'{name}.json'}")
         return 0
     report.plot_latency(RESULTS / f"{prefix}latency.png", results,
-                        f"hubbub vs naive baseline, {plan.subscribers} subscribers, "
+                        f"hubbub vs naive baseline and Node, {plan.subscribers} subscribers, "
                         f"{plan.latency_deliveries_per_s:,} deliveries/s ({meta['date']})")
     sat = share.get("saturation", {})
     print()
@@ -408,8 +469,8 @@ def main() -> int:
         print(f"note: the sustainable search never failed for {', '.join(capped)} in some run: "
               "those figures are lower bounds", flush=True)
     if gen.get("max", 0) > 80:
-        print("warning: the generator neared a full core at saturation: hubbub's figure may be "
-              "capped by the generator", flush=True)
+        print("warning: the generator neared a full core at saturation: the fastest servers' "
+              "figures (Node's, hubbub's) may be capped by the generator", flush=True)
     for note in _scale_out_notes(scale):
         print(note, flush=True)
     print(f"wrote {RESULTS / f'{name}.json'} and "

@@ -1,4 +1,4 @@
-"""Medians with min–max, the hubbub/baseline ratios, the terminal table, the JSON and the PNG."""
+"""Medians with min–max, hubbub's ratios (× naive, × Node), the terminal table, the JSON and the PNG."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-SERVERS = ("baseline", "hubbub")
+# The order of the columns: the naive baseline, the Node reference (bench/node), hubbub.
+SERVERS = ("baseline", "node", "hubbub")
 # Quantiles kept per latency run (the raw samples are not stored): fine at the tail.
 QUANTILES = ([i / 100 for i in range(0, 90, 5)] + [i / 100 for i in range(90, 99)]
              + [0.99 + i / 1000 for i in range(10)] + [0.999, 0.9995, 0.9999, 1.0])
@@ -80,17 +81,26 @@ def spread(values: list[float]) -> dict[str, float] | None:
             "runs": len(values)}
 
 
+def _ratio(stats: dict[str, dict[str, float] | None], other: str) -> float | None:
+    """hubbub's median over ``other``'s, or None."""
+    hub, ref = stats.get("hubbub"), stats.get(other)
+    if not hub or not ref or not ref["median"]:
+        return None
+    return round(hub["median"] / ref["median"], 3)
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """results[scenario][transport][server] = [run, ...] → medians, min–max and ratios."""
+    """results[scenario][transport][server] = [run, ...] → medians, min–max and ratios.
+
+    ``ratio``: hubbub over the naive baseline; ``ratio_node``: hubbub over the Node reference.
+    """
     summary: dict[str, Any] = {}
     for scenario, metric, _, _, _ in ROWS:
         for transport, per_server in results.get(scenario, {}).items():
             cell = summary.setdefault(scenario, {}).setdefault(transport, {})
             stats = {s: spread([r.get(metric) for r in per_server.get(s, [])]) for s in SERVERS}
-            ratio = None
-            if stats["baseline"] and stats["hubbub"] and stats["baseline"]["median"]:
-                ratio = stats["hubbub"]["median"] / stats["baseline"]["median"]
-            cell[metric] = {**stats, "ratio": None if ratio is None else round(ratio, 3)}
+            cell[metric] = {**stats, "ratio": _ratio(stats, "baseline"),
+                            "ratio_node": _ratio(stats, "node")}
     return summary
 
 
@@ -125,21 +135,34 @@ def _target(target: tuple[str, float] | None, entry: dict[str, Any]) -> str:
     return f"{kind}{value:g} {'ok' if ok else 'MISS'}"
 
 
+def _widen(row: str) -> str:
+    """An extra row in the seven-column form (label, transport, unit, baseline, hubbub, ratio,
+    target) gets empty Node and × Node cells, so it lines up with the table's nine."""
+    cells = row.split("|")
+    if len(cells) != 9:  # '' + 7 cells + ''
+        return row
+    return "|".join([*cells[:5], " ", *cells[5:7], " ", *cells[7:]])
+
+
 def table(summary: dict[str, Any], extra: list[str] | None = None) -> str:
-    """Markdown-compatible, readable on a terminal."""
-    lines = ["| scenario | transport | unit | baseline median [min–max] | hubbub median [min–max] "
-             "| hubbub/baseline | target |", "|---|---|---|---|---|---|---|"]
+    """Markdown-compatible, readable on a terminal. hubbub's ratio to the naive baseline
+    (× naive) and to the Node reference (× Node); a results file without Node shows ``-``."""
+    lines = ["| scenario | transport | unit | baseline median [min–max] | Node median [min–max] "
+             "| hubbub median [min–max] | hubbub × naive | hubbub × Node | target |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for scenario, metric, label, unit, targets in ROWS:
         for transport, cell in summary.get(scenario, {}).items():
             entry = cell.get(metric)
             if not entry:
                 continue
-            ratio = "-" if entry["ratio"] is None else f"{entry['ratio']:.2f}×"
+            ratios = ["-" if entry.get(key) is None else f"{entry[key]:.2f}×"
+                      for key in ("ratio", "ratio_node")]
             target = targets.get(transport) or targets.get("*")
             lines.append(f"| {label} | {transport} | {unit} | {spread_cell(entry['baseline'])} "
-                         f"| {spread_cell(entry['hubbub'])} | {ratio} | {_target(target, entry)} |")
+                         f"| {spread_cell(entry.get('node'))} | {spread_cell(entry['hubbub'])} "
+                         f"| {ratios[0]} | {ratios[1]} | {_target(target, entry)} |")
     for line in extra or []:
-        lines.append(line)
+        lines.append(_widen(line))
     return "\n".join(lines)
 
 
@@ -166,7 +189,7 @@ def plot_latency(path: Path, results: dict[str, Any], title: str) -> None:
         return
     fig, axes = plt.subplots(1, len(transports), figsize=(5 * len(transports), 4.4), sharey=True,
                              squeeze=False)
-    colors = {"baseline": "tab:gray", "hubbub": "tab:blue"}
+    colors = {"baseline": "tab:gray", "node": "tab:green", "hubbub": "tab:blue"}
     styles = (("arrival_curve", "-", "at arrival (kernel timestamp)"),
               ("curve", "--", "when read (generator)"))
     ticks = [0.5, 0.9, 0.99, 0.999, 0.9999]
@@ -185,7 +208,8 @@ def plot_latency(path: Path, results: dict[str, Any], title: str) -> None:
         ax.set_title(transport)
         ax.set_xlabel("percentile")
         ax.grid(True, which="both", alpha=0.3)
-        handles = ([Line2D([], [], color=colors[s], lw=1.4, label=s) for s in SERVERS]
+        handles = ([Line2D([], [], color=colors[s], lw=1.4, label=s) for s in SERVERS
+                    if results["latency"][transport].get(s)]
                    + [Line2D([], [], color="black", ls=style, lw=1.4, label=label)
                       for _, style, label in styles]
                    + [Line2D([], [], color="tab:red", ls=":", lw=1.0,

@@ -1,4 +1,4 @@
-"""Servers under test: Hypercorn subprocesses pinned to one core, their CPU time and memory.
+"""Servers under test: Hypercorn (or Node.js) subprocesses pinned to one core, their CPU time and memory.
 
 ``--workers 0`` makes Hypercorn serve in the process it starts (no supervisor), so the
 PID we hold is the one whose RSS and CPU we read. A spec with ``workers >= 1`` gets a
@@ -41,19 +41,45 @@ UNTHROTTLED = {
 
 @dataclass(frozen=True)
 class ServerSpec:
-    name: str  # "baseline", "hubbub" or "floor"
-    app: str  # Hypercorn application path
+    name: str  # "baseline", "hubbub", "node" or "floor"
+    app: str  # Hypercorn application path; kind "node": the script, relative to ROOT
     authenticated: bool  # needs ?token= and a bearer
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 0
     publishes: bool = True  # False: holds connections, delivers nothing (the floor)
+    kind: str = "hypercorn"  # or "node": ``node APP --port PORT``
+    backlog: int | None = None  # Hypercorn's listen backlog (None: its default, 100)
 
 
 BASELINE = ServerSpec("baseline", "bench.baseline_app:create_app()", authenticated=False)
 # Hypercorn holding connections for an empty ASGI app: the memory scenario's floor.
 FLOOR = ServerSpec("floor", "bench.floor_app:app", authenticated=False, publishes=False)
+# As `python -m app serve` runs it: a listen backlog of 2048 (app/serve.py).
 HUBBUB = ServerSpec("hubbub", "app:create_app()", authenticated=True,
-                    env={"JWT_SECRET": SECRET, **UNTHROTTLED})
+                    env={"JWT_SECRET": SECRET, **UNTHROTTLED}, backlog=2048)
+# The best non-Python reference: Node.js, the http module and ws (bench/node/server.js).
+NODE = ServerSpec("node", "bench/node/server.js", authenticated=False, kind="node")
+NODE_INSTALL = "cd bench/node && npm ci --no-audit --no-fund"
+
+
+def node_unavailable() -> str | None:
+    """Why the Node reference cannot start here (and how to fix it), or None."""
+    if shutil.which("node") is None:
+        return "node is not on PATH: install Node.js (>= 18) for the Node reference server"
+    if not (ROOT / "bench/node/node_modules/ws").is_dir():
+        return f"bench/node/node_modules is missing: run `{NODE_INSTALL}` (installs ws, pinned)"
+    return None
+
+
+def _command(spec: ServerSpec, port: int) -> list[str]:
+    if spec.kind == "node":
+        why = node_unavailable()
+        if why:
+            raise RuntimeError(why)
+        return ["node", spec.app, "--port", str(port)]
+    backlog = [] if spec.backlog is None else ["--backlog", str(spec.backlog)]
+    return [sys.executable, "-m", "hypercorn", "--worker-class", "uvloop", *backlog,
+            "--workers", str(spec.workers), "--bind", f"127.0.0.1:{port}", spec.app]
 
 
 def token(user: str, ttl_s: int = 3600) -> str:
@@ -66,7 +92,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def code_version(paths: tuple[str, ...] = ("app", "bench/baseline_app.py")) -> str:
+def code_version(paths: tuple[str, ...] = ("hubbub", "app", "bench/baseline_app.py",
+                                           "bench/node/server.js")) -> str:
     """HEAD plus a digest of the served sources as they are now (they may move during a run)."""
     digest = hashlib.sha1()
     for root in paths:
@@ -239,21 +266,21 @@ class Server:
 
     ``cpu_quota``: a CPU budget in cores (``CpuQuota``) for the serving process, removed
     by ``stop()``; only with ``workers == 0`` (a supervisor's children are not moved).
+    ``port``: listen there instead of on a free port (the storm restarts a server in place).
     """
 
     def __init__(self, spec: ServerSpec, core: int | None, log_dir: Path,
-                 cpu_quota: float | None = None) -> None:
+                 cpu_quota: float | None = None, port: int | None = None) -> None:
         self.spec = spec
         self.core = core
         self.version = code_version()
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.log_path = log_dir / f"{spec.name}-{self.port}.log"
         self.quota: CpuQuota | None = None
         if cpu_quota is not None:
             assert spec.workers == 0, "a CPU quota needs the serving process itself"
             self.quota = CpuQuota(f"hubbub-bench-{self.port}", cpu_quota)
-        cmd = [sys.executable, "-m", "hypercorn", "--worker-class", "uvloop",
-               "--workers", str(spec.workers), "--bind", f"127.0.0.1:{self.port}", spec.app]
+        cmd = _command(spec, self.port)
         env = {**os.environ, **spec.env}
         try:
             with open(self.log_path, "wb") as log:
