@@ -18,11 +18,6 @@ from app.configuration import settings_from_env
 from app.worker_metrics import VARIABLE, fresh_directory
 
 GRACEFUL_TIMEOUT_S = 20.0  # Heroku sends SIGKILL 30 s after SIGTERM
-# Connections the kernel queues until the server accepts them. Hypercorn's default is 100:
-# in a deploy's reconnect storm thousands arrive within seconds, and past the queue the
-# kernel drops their SYNs, which clients retry only after 1, 3, 7 s... (uvicorn, gunicorn:
-# 2048). The kernel caps it at net.core.somaxconn.
-LISTEN_BACKLOG = 2048
 
 
 def serve(host: str, port: int | None, workers: int | None) -> int:
@@ -55,7 +50,6 @@ def serve(host: str, port: int | None, workers: int | None) -> int:
         config.accesslog = "-"  # the path only: hypercorn's default format logs no query string
         config.errorlog = "-"
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
-    config.backlog = LISTEN_BACKLOG
     metrics = None if os.environ.get(VARIABLE) else fresh_directory()  # the workers sum their metrics
     try:
         return int(run(config) or 0)
