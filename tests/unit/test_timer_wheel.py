@@ -16,7 +16,8 @@ TIMEOUT_S = 2.0
 class Beat:
     def __init__(self, log: list[tuple[str, float]], name: str, done: asyncio.Event | None = None,
                  again_s: float | None = None, times: int = 1, wheel: TimerWheel | None = None) -> None:
-        self.log, self.name, self.done, self.again_s, self.times, self.wheel = log, name, done, again_s, times, wheel
+        self.log, self.name, self.done = log, name, done
+        self.again_s, self.times, self.wheel = again_s, times, wheel
 
     def tick(self) -> None:
         self.log.append((self.name, asyncio.get_running_loop().time()))
