@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bench import report
-from bench.clients import MARK, SO_TIMESTAMPNS, Recorder, SSESubscriber, WSSubscriber
+from bench.clients import MARK, SO_TIMESTAMPNS, Recorder, SSESubscriber, Subscriber, WSSubscriber
 from bench.publisher import HttpConnection
 from bench.servers import BASELINE, HUBBUB, RedisServer, Server, ServerSpec, token
 from bench.session import Meter, own_run_wait_s
@@ -259,8 +259,8 @@ class Client:
 _RECORDER = Recorder()  # required by the Subscriber base; the storm keeps its own records
 
 
-class _WSConn(WSSubscriber):
-    """One WebSocket connection of a ``Client``: every chat frame's seq and id, the welcome, 1012."""
+class _ClientConn(Subscriber):
+    """What a ``Client``'s connection adds on either wire: its client, and why it ended."""
 
     def __init__(self, client: Client) -> None:
         super().__init__(_RECORDER, client.request_path(), f"127.0.0.1:{client.port}")
@@ -274,6 +274,10 @@ class _WSConn(WSSubscriber):
         why = self.why or ("closed" if self.was_welcomed else f"HTTP {self.status}" if self.status
                            else "reset" if exc is not None else "EOF before welcome")
         self.client.ended(self, why)
+
+
+class _WSConn(_ClientConn, WSSubscriber):
+    """One WebSocket connection of a ``Client``: every chat frame's seq and id, the welcome, 1012."""
 
     def body_received(self, data: bytes) -> None:
         if self._buf:
@@ -321,15 +325,11 @@ class _WSConn(WSSubscriber):
             self._buf = data[i:]
 
 
-class _SSEConn(SSESubscriber):
+class _SSEConn(_ClientConn, SSESubscriber):
     """One event stream of a ``Client``: de-chunks the body, reads ``id:``, ``retry:`` and data."""
 
     def __init__(self, client: Client) -> None:
-        super().__init__(_RECORDER, client.request_path(), f"127.0.0.1:{client.port}")
-        self.client = client
-        self.was_welcomed = False
-        self.why = ""
-        self.welcomed.add_done_callback(_retrieve)
+        super().__init__(client)
         self._chunked = False
         self._raw = b""  # chunked framing not parsed yet
         self._left = 0  # bytes left in the current chunk
@@ -345,12 +345,6 @@ class _SSEConn(SSESubscriber):
     def head_ok(self, head: bytes) -> bool:
         self._chunked = b"transfer-encoding: chunked" in head.lower()
         return self.status == 200
-
-    def _lost(self, exc: Exception | None) -> None:
-        super()._lost(exc)
-        why = self.why or ("closed" if self.was_welcomed else f"HTTP {self.status}" if self.status
-                           else "reset" if exc is not None else "EOF before welcome")
-        self.client.ended(self, why)
 
     def _dechunk(self, data: bytes) -> bytes:
         """The payload of the chunks in ``data`` (a partial one carried to the next read)."""
