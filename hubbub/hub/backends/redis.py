@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from hubbub.hub.backends.base import BackendUnavailable, Deliver
+from hubbub.hub.backends.redis_pipeline import AutoPipeline
 from hubbub.hub.backends.redis_scripts import (
     CONNECTIONS_LUA,
     EMITTED_KEY,
@@ -93,6 +94,7 @@ class RedisBackend:
         # No retries here on purpose: a silent reconnect inside redis-py would skip the catch-up.
         name = "".join(c if "!" <= c <= "~" else "_" for c in f"{prefix}listener")
         self._pubsub_client = aioredis.from_url(url, client_name=name, **common)
+        self._batch = AutoPipeline(self._client)  # the hot paths' commands, pipelined per turn
         self._prefix = prefix
         self._size = history_size
         self._ttl_s = history_ttl_s
@@ -140,6 +142,7 @@ class RedisBackend:
             while not task.done():  # asyncio.wait_for in Python 3.11 can swallow a cancel
                 task.cancel()
                 await asyncio.wait([task], timeout=0.1)
+        await self._batch.close()
         await self._pubsub_client.aclose()
         await self._client.aclose()
 
@@ -165,7 +168,7 @@ class RedisBackend:
                 if pubsub is None or not await confirmed:
                     raise RedisConnectionError("pub/sub connection lost during subscribe")
                 # Read after the confirmation: later publishes have larger seqs and arrive live.
-                reply = await self._client.hmget(self._clock, ["epoch", "seq"])
+                reply = await self._batch.call("HMGET", self._clock, "epoch", "seq")
                 epoch, seq = cast(list[str | None], reply)
             if generation != self._generation:
                 raise RedisConnectionError("pub/sub reconnected during subscribe")
@@ -195,12 +198,12 @@ class RedisBackend:
         keys, args = publish_call(self._prefix, channel, body_json, history_size=self._size,
                                   history_ttl_s=self._ttl_s, origin=origin)
         with _unavailable():
-            epoch, seq = await self._publish(keys=keys, args=args)
+            epoch, seq = await self._batch.script(self._publish, keys, args)
         return Message(channel, with_id(format_id(epoch, seq), body_json), seq, epoch, origin)
 
     async def publish_live(self, channel: str, body_json: str) -> None:
         with _unavailable():
-            await self._client.publish(self._topic(channel), "l" + body_json)
+            await self._batch.call("PUBLISH", self._topic(channel), "l" + body_json)
 
     async def history(self, channels: Sequence[str], after: Cursor | None, limit: int) -> History:
         with _unavailable():
@@ -269,7 +272,7 @@ class RedisBackend:
                              once: bool = False) -> Any:
         keys, args = self._presence_args(channel, op, user, connection, once)
         with _unavailable():
-            result, gone = await self._presence(keys=keys, args=args)
+            result, gone = await self._batch.script(self._presence, keys, args)
         await self._announce_expired(channel, gone)
         return result
 
@@ -281,31 +284,33 @@ class RedisBackend:
     async def take_token(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> float:
         keys = [self._key("tb", key), self._once_key()]
         with _unavailable():
-            return float(await self._take_token(keys=keys, args=[repr(rate_per_s), burst, cost]))
+            return float(await self._batch.script(self._take_token, keys, [repr(rate_per_s), burst, cost]))
 
     async def idempotency_claim(self, key: str, fingerprint: str, nonce: str,
                                 pending_ttl_s: float) -> tuple[str, str | None]:
         with _unavailable():
-            state, response = await self._idempotency_claim(
-                keys=[self._key("idem", key)], args=[fingerprint, nonce, max(1, int(pending_ttl_s * 1000))])
+            state, response = await self._batch.script(
+                self._idempotency_claim, [self._key("idem", key)],
+                [fingerprint, nonce, max(1, int(pending_ttl_s * 1000))])
         return state, (response if state == "done" else None)
 
     async def idempotency_complete(self, key: str, fingerprint: str, response: str, ttl_s: float) -> None:
         with _unavailable():
-            await self._client.set(self._key("idem", key), f"d:{fingerprint}:{response}",
-                                   px=max(1, int(ttl_s * 1000)))
+            await self._batch.call("SET", self._key("idem", key), f"d:{fingerprint}:{response}",
+                                   "PX", max(1, int(ttl_s * 1000)))
 
     async def idempotency_release(self, key: str, nonce: str) -> None:
         with _unavailable():
-            await self._idempotency_release(keys=[self._key("idem", key)], args=[nonce])
+            await self._batch.script(self._idempotency_release, [self._key("idem", key)], [nonce])
 
     async def connection_add(self, user: str, connection: str, limit: int) -> bool:
         entry = (user, connection)
         self._local_connections.add(entry)  # from now on renewed by _renew
         try:
             with _unavailable():
-                added = await self._connections(keys=[self._key("cn", user), self._once_key()],
-                                                args=["add", self._presence_ttl_ms, limit, connection])
+                added = await self._batch.script(
+                    self._connections, [self._key("cn", user), self._once_key()],
+                    ["add", self._presence_ttl_ms, limit, connection])
         except BackendUnavailable:
             self._local_connections.discard(entry)
             raise
@@ -316,8 +321,8 @@ class RedisBackend:
     async def connection_remove(self, user: str, connection: str) -> None:
         self._local_connections.discard((user, connection))
         with _unavailable():
-            await self._connections(keys=[self._key("cn", user)],
-                                    args=["remove", self._presence_ttl_ms, connection])
+            await self._batch.script(self._connections, [self._key("cn", user)],
+                                     ["remove", self._presence_ttl_ms, connection])
 
     def _once_key(self) -> str:
         """Fixed per call: redis-py's retry re-sends the same arguments, so the script sees it."""
@@ -325,11 +330,11 @@ class RedisBackend:
 
     async def store_ticket(self, ticket: str, payload: str, ttl_s: float) -> None:
         with _unavailable():
-            await self._client.set(self._key("t", ticket), payload, px=max(1, int(ttl_s * 1000)))
+            await self._batch.call("SET", self._key("t", ticket), payload, "PX", max(1, int(ttl_s * 1000)))
 
     async def redeem_ticket(self, ticket: str) -> str | None:
         with _unavailable():
-            return cast(str | None, await self._client.getdel(self._key("t", ticket)))
+            return cast(str | None, await self._batch.call("GETDEL", self._key("t", ticket)))
 
     async def ping(self) -> bool:
         try:

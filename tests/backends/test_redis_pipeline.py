@@ -1,0 +1,141 @@
+"""AutoPipeline on the real Redis: commands of one loop turn share a pipeline, and each
+caller still gets its own result or error."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from hubbub.hub.backends.redis import RedisBackend
+from hubbub.hub.backends.redis_pipeline import MAX_BATCH, AutoPipeline
+from tests.backends.conftest import REDIS_URL, RedisServer, delete_keys
+
+pytestmark = pytest.mark.redis
+
+INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    name = f"test-pipeline-{uuid.uuid4().hex[:8]}:"
+    yield name
+    await delete_keys(name)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aioredis.Redis]:
+    made = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield made
+    await made.aclose()
+
+
+async def test_commands_of_one_turn_go_as_one_pipeline_each_with_its_own_reply(
+        client: aioredis.Redis, prefix: str) -> None:
+    batch = AutoPipeline(client)
+    await client.set(f"{prefix}k", "v")
+    script = client.register_script(INCR_BY)
+    async with asyncio.timeout(10):
+        replies = await asyncio.gather(
+            batch.call("GET", f"{prefix}k"),
+            *(batch.script(script, [f"{prefix}n"], [i]) for i in range(1, 11)),
+            batch.call("HMGET", f"{prefix}none", "a", "b"),
+        )
+    assert replies[0] == "v"
+    assert sorted(replies[1:11]) == [sum(range(1, i + 1)) for i in range(1, 11)]
+    assert replies[11] == [None, None]
+    assert batch.batches == 1
+    await batch.close()
+
+
+async def test_a_failing_command_fails_only_its_caller(client: aioredis.Redis, prefix: str) -> None:
+    batch = AutoPipeline(client)
+    await client.set(f"{prefix}text", "not a hash")
+    async with asyncio.timeout(10):
+        results = await asyncio.gather(batch.call("HGET", f"{prefix}text", "field"),
+                                       batch.call("SET", f"{prefix}ok", "1"),
+                                       return_exceptions=True)
+    assert isinstance(results[0], ResponseError) and "WRONGTYPE" in str(results[0])
+    assert results[1] is True
+    assert await client.get(f"{prefix}ok") == "1"
+    await batch.close()
+
+
+async def test_a_script_redis_forgot_is_loaded_and_run(client: aioredis.Redis, prefix: str) -> None:
+    # A private Redis: SCRIPT FLUSH would pull scripts from under every other test.
+    private = RedisServer()
+    await private.start()
+    own = aioredis.Redis.from_url(private.url, decode_responses=True)
+    try:
+        batch = AutoPipeline(own)
+        script = own.register_script(INCR_BY)
+        await own.script_flush()
+        async with asyncio.timeout(10):
+            replies = await asyncio.gather(*(batch.script(script, ["n"], [1]) for _ in range(5)),
+                                           batch.call("INCR", "m"))
+        assert sorted(replies[:5]) == [1, 2, 3, 4, 5] and replies[5] == 1
+        assert await own.script_exists(script.sha) == [True]
+        await batch.close()
+    finally:
+        await own.aclose()
+        await private.stop()
+
+
+async def test_a_turn_bigger_than_a_batch_is_split(client: aioredis.Redis, prefix: str) -> None:
+    batch = AutoPipeline(client)
+    n = 2 * MAX_BATCH + 1
+    async with asyncio.timeout(10):
+        replies = await asyncio.gather(*(batch.call("INCR", f"{prefix}count") for _ in range(n)))
+    assert sorted(replies) == list(range(1, n + 1))
+    assert batch.batches == 3
+    await batch.close()
+
+
+async def test_a_cancelled_caller_leaves_the_others_their_replies(
+        client: aioredis.Redis, prefix: str) -> None:
+    batch = AutoPipeline(client)
+    first = asyncio.ensure_future(batch.call("INCR", f"{prefix}c"))
+    second = asyncio.ensure_future(batch.call("INCR", f"{prefix}c"))
+    await asyncio.sleep(0)  # both queued
+    first.cancel()
+    async with asyncio.timeout(10):
+        assert await second in (1, 2)
+    assert first.cancelled()
+    await batch.close()
+
+
+async def test_a_lost_redis_fails_every_caller_of_the_batch() -> None:
+    private = RedisServer()
+    await private.start()
+    own = aioredis.Redis.from_url(private.url, decode_responses=True, socket_connect_timeout=1)
+    try:
+        batch = AutoPipeline(own)
+        assert await batch.call("PING") is True
+        await private.stop()
+        async with asyncio.timeout(20):
+            results = await asyncio.gather(*(batch.call("GET", f"k{i}") for i in range(3)),
+                                           return_exceptions=True)
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+        await batch.close()
+    finally:
+        await own.aclose()
+        await private.stop()
+
+
+async def test_the_backend_pipelines_a_crowd_of_publishes(prefix: str) -> None:
+    """What the backend's hot paths gain: 200 publishes in flight go out in a few pipelines."""
+    backend = RedisBackend(REDIS_URL, prefix=prefix)
+    await backend.start(lambda message: None)
+    try:
+        async with asyncio.timeout(20):
+            published = await asyncio.gather(
+                *(backend.publish(f"room:r{i % 7}", '{"type":"chat","text":"x"}') for i in range(200)))
+        assert len({m.id for m in published}) == 200
+        assert backend._batch.batches <= 5
+    finally:
+        await backend.close()
