@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 
 from hubbub.hub.backends.redis import RedisBackend
 from hubbub.hub.backends.redis_pipeline import MAX_BATCH, AutoPipeline
+from hubbub.hub.message import Cursor
 from tests.backends.conftest import REDIS_URL, RedisServer, delete_keys
 
 pytestmark = pytest.mark.redis
@@ -137,5 +138,43 @@ async def test_the_backend_pipelines_a_crowd_of_publishes(prefix: str) -> None:
                 *(backend.publish(f"room:r{i % 7}", '{"type":"chat","text":"x"}') for i in range(200)))
         assert len({m.id for m in published}) == 200
         assert backend._batch.batches <= 5
+    finally:
+        await backend.close()
+
+
+async def test_identical_history_reads_of_one_turn_are_made_once(prefix: str) -> None:
+    """A storm's resumes from one id share a read; a read asked later is a read of its own."""
+    backend = RedisBackend(REDIS_URL, prefix=prefix)
+    await backend.start(lambda message: None)
+    try:
+        first = await backend.publish("room:a", '{"type":"chat","text":"one"}')
+        await backend.publish("room:a", '{"type":"chat","text":"two"}')
+        after = Cursor(first.epoch or "", first.seq or 0)
+        async with asyncio.timeout(10):
+            pages = await asyncio.gather(*(backend.history(["room:a"], after, 10) for _ in range(50)),
+                                         backend.history(["room:a"], None, 10))
+            assert all(page is pages[0] for page in pages[:50])
+            assert [m.seq for m in pages[0].messages] == [(first.seq or 0) + 1]
+            assert pages[50] is not pages[0] and len(pages[50].messages) == 2
+            third = await backend.publish("room:a", '{"type":"chat","text":"three"}')
+            later = await backend.history(["room:a"], after, 10)
+        assert later is not pages[0]
+        assert [m.id for m in later.messages][-1] == third.id
+    finally:
+        await backend.close()
+
+
+async def test_a_cancelled_asker_leaves_the_shared_read_to_the_others(prefix: str) -> None:
+    backend = RedisBackend(REDIS_URL, prefix=prefix)
+    await backend.start(lambda message: None)
+    try:
+        await backend.publish("room:a", '{"type":"chat","text":"one"}')
+        gone = asyncio.ensure_future(backend.history(["room:a"], None, 10))
+        kept = asyncio.ensure_future(backend.history(["room:a"], None, 10))
+        await asyncio.sleep(0)
+        gone.cancel()
+        async with asyncio.timeout(10):
+            assert len((await kept).messages) == 1
+        assert gone.cancelled()
     finally:
         await backend.close()

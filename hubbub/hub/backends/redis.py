@@ -28,6 +28,7 @@ from hubbub.hub.backends.redis_pipeline import AutoPipeline
 from hubbub.hub.backends.redis_scripts import (
     CONNECTIONS_LUA,
     EMITTED_KEY,
+    HISTORY_LUA,
     IDEMPOTENCY_CLAIM_LUA,
     IDEMPOTENCY_RELEASE_LUA,
     PRESENCE_LUA,
@@ -38,6 +39,8 @@ from hubbub.hub.backends.redis_scripts import (
 from hubbub.hub.message import Cursor, History, Message, format_id, presence_frame, with_id
 
 log = logging.getLogger(__name__)
+
+_ReadKey = tuple[tuple[str, ...], Cursor | None, int]  # a history read: channels, after, limit
 
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 SUBSCRIBE_TIMEOUT_S = 5.0
@@ -102,6 +105,7 @@ class RedisBackend:
         self._presence_ttl_ms = int(presence_ttl_s * 1000)
         self._clock = f"{prefix}clock"
         self._publish = self._client.register_script(PUBLISH_LUA)
+        self._history = self._client.register_script(HISTORY_LUA)
         self._presence = self._client.register_script(PRESENCE_LUA)
         self._take_token = self._client.register_script(TAKE_TOKEN_LUA)
         self._connections = self._client.register_script(CONNECTIONS_LUA)
@@ -120,6 +124,7 @@ class RedisBackend:
         self._local_presence: set[tuple[str, str, str]] = set()
         self._local_connections: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._reads: dict[_ReadKey, asyncio.Future[History]] = {}  # history reads not yet started
         self._closed = False
 
     def _topic(self, channel: str) -> str:
@@ -206,18 +211,30 @@ class RedisBackend:
             await self._batch.call("PUBLISH", self._topic(channel), "l" + body_json)
 
     async def history(self, channels: Sequence[str], after: Cursor | None, limit: int) -> History:
+        """Identical reads asked for before the first of them starts (within one event-loop
+        turn) are made once: a reconnect storm resumes a room's members from the same id, all
+        at once. They share the result, its Messages and so their encoded frames. The read
+        starts after every asker asked, so it sees all that preceded their live subscriptions."""
+        key = (tuple(channels), after, limit)
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = asyncio.ensure_future(self._read_history(key))
+            read.add_done_callback(_retrieve)
+        return await asyncio.shield(read)  # an asker cancelled leaves the read to the others
+
+    async def _read_history(self, key: _ReadKey) -> History:
+        del self._reads[key]  # under way: a later asker makes its own read
+        channels, after, limit = key
+        keys = [self._clock]
+        for channel in channels:
+            keys += [self._key("m", channel), self._key("h", channel)]
         with _unavailable():
-            async with self._client.pipeline(transaction=True) as pipe:  # one consistent snapshot
-                pipe.hget(self._clock, "epoch")
-                for channel in channels:
-                    pipe.hmget(self._key("m", channel), ["epoch", "last", "dropped"])
-                    if after is None:
-                        pipe.xrevrange(self._key("h", channel), "+", "-", count=limit)
-                    else:
-                        pipe.xrange(self._key("h", channel), f"({after.seq}-0", "+", count=limit)
-                epoch, *replies = await pipe.execute()
+            epoch, *replies = await self._batch.script(
+                self._history, keys, ["" if after is None else after.seq, limit])
             recovered = after is None or after.epoch == epoch
-            ranges: list[list[Any]] = replies[1::2]
+            # A script returns stream entries raw: [id, [field, value, …]].
+            ranges: list[list[Any]] = [[(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+                                        for entry_id, fields in entries] for entries in replies[1::2]]
             for (meta_epoch, last, dropped), entries in zip(replies[::2], ranges, strict=True):
                 if after is None or not recovered or meta_epoch != epoch:
                     continue
@@ -510,6 +527,12 @@ class RedisBackend:
             for user, connection in entries[i:i + RENEW_BATCH]:
                 args += [keys.setdefault(self._key("cn", user), len(keys) + 1), connection]
             await self._connections(keys=list(keys), args=args)
+
+
+def _retrieve(read: asyncio.Future[History]) -> None:
+    """Marks a shared read's failure as seen: its askers may all have gone."""
+    if not read.cancelled():
+        read.exception()
 
 
 def _seq(message: Message) -> int:

@@ -63,6 +63,22 @@ return {epoch, seq}
 # Presence of one channel: KEYS[1] zset "len:user..connection" -> deadline, KEYS[2] user -> count.
 # Returns {result, users whose last connection expired}; KEYS[3] (if given) makes add/remove
 # idempotent, so a retry after a lost reply still reports the first run's first/last.
+# A history read as one consistent snapshot, and one command (so reads pipeline with the rest):
+# the clock's epoch, then per channel its counters (epoch, last, dropped) and its entries after
+# seq ARGV[1] (ARGV[1] = '': the newest), at most ARGV[2]. KEYS: the clock, then m:CH, h:CH each.
+HISTORY_LUA = """
+local out = {redis.call('HGET', KEYS[1], 'epoch')}
+for i = 2, #KEYS, 2 do
+  out[#out + 1] = redis.call('HMGET', KEYS[i], 'epoch', 'last', 'dropped')
+  if ARGV[1] == '' then
+    out[#out + 1] = redis.call('XREVRANGE', KEYS[i + 1], '+', '-', 'COUNT', ARGV[2])
+  else
+    out[#out + 1] = redis.call('XRANGE', KEYS[i + 1], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+  end
+end
+return out
+"""
+
 PRESENCE_LUA = """
 if KEYS[3] then
   local done = redis.call('GET', KEYS[3])
