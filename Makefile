@@ -5,10 +5,12 @@ BIN     = $(VENV)/bin
 SUM     = $(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 RUN_STAMP  = $(VENV)/.run-$(SUM)
 TEST_STAMP = $(VENV)/.test-$(SUM)
+BENCH_STAMP = $(VENV)/.bench-$(SUM)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
 JS_CHECKS = tests/js/node_modules/.package-lock.json
+NODE_WS   = bench/node/node_modules/.package-lock.json
 
 .PHONY: setup run test test-fast lint lint-js bench-tools bench bench-quick clean
 
@@ -67,8 +69,14 @@ lint: setup lint-js
 # Redis against memory, 15,000 idle connections. bench-quick: the same at a smaller N.
 BENCH_SCENARIOS = rooms storm redis idle
 
-bench-tools: setup
+bench-tools: setup $(BENCH_STAMP) $(NODE_WS)
+
+$(BENCH_STAMP): $(TEST_STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+	rm -f $(VENV)/.bench-*
+	touch $@
+
+$(NODE_WS): bench/node/package.json bench/node/package-lock.json
 	cd bench/node && npm ci --no-audit --no-fund --loglevel=error
 
 bench: bench-tools

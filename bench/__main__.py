@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, scenarios
-from bench.scenarios import MEMORY_TRANSPORTS, QUICK, Plan
+from bench.scenarios import QUICK, Plan
 from bench.servers import BASELINE, FLOOR, HUBBUB, NODE, ROOT, node_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,6 +72,9 @@ def node_versions() -> dict[str, str]:
     except (OSError, ValueError, KeyError):
         ws = ""
     return {"node_version": node, "ws_version": ws}
+
+
+BUSY_SAMPLE_S = {False: 1.0, True: 0.3}  # quick: five invocations make up make bench-quick
 
 
 def machine_busy_pct(seconds: float = 1.0) -> float:
@@ -153,7 +156,7 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
                 print(f"    [{slow['life_s']} s] slow: {slow['deliveries_per_s']:,} deliv/s with "
                       f"{slow['stalled']} stalled, {slow['without_per_s']:,} without ({share}); "
                       f"{slow['stalled_closed_by_server']} stalled closed by the server", flush=True)
-        for transport in MEMORY_TRANSPORTS:
+        for transport in plan.memory_transports:
             # The floor is a fixed reference (its RSS per connection does not move between
             # runs): measured in the first run only, to keep three runs within the budget.
             for spec in (FLOOR, BASELINE, NODE, HUBBUB) if run == 0 else (BASELINE, NODE, HUBBUB):
@@ -388,7 +391,8 @@ def main() -> int:
     except ImportError:
         pass
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "mode": "quick" if plan.quick
-            else "full", "plan": plan.__dict__, **machine(), "busy_before_pct": machine_busy_pct()}
+            else "full", "plan": plan.__dict__, **machine(),
+            "busy_before_pct": machine_busy_pct(BUSY_SAMPLE_S[plan.quick])}
     if args.only:
         meta["only"] = args.only
     if args.only == "rooms":  # its own runner, JSON and table: bench/rooms.py
@@ -427,7 +431,7 @@ def main() -> int:
     meta["wall_s"] = round(wall, 1)
     meta["generator_cpu_pct_overall"] = round(100 * (time.process_time() - cpu0) / wall, 1)
     meta["load_avg_after"] = os.getloadavg()
-    meta["busy_after_pct"] = machine_busy_pct()
+    meta["busy_after_pct"] = machine_busy_pct(BUSY_SAMPLE_S[plan.quick])
     versions = sorted({run["code"] for per_t in results.get("connect", {}).values()
                        for runs in per_t.values() for run in runs if "code" in run}
                       | {run["code"] for scenario in ("slow", "memory")

@@ -74,7 +74,7 @@ class RoomsPlan:
 
 # A smoke test: a tenth of the members, one run, short phases, a coarse search.
 QUICK_ROOMS = RoomsPlan(quick=True, runs=1, rooms=100, latency_rate=500.0, latency_s=1.0,
-                        latency_warmup_s=0.3, first_rate=800.0, probe_s=0.8, max_probes=4,
+                        latency_warmup_s=0.3, first_rate=800.0, probe_s=0.6, max_probes=3,
                         precision=1.3, drain_s=2.0)
 
 

@@ -50,6 +50,7 @@ class Plan:
     budget_s: float = 13.5 * 60
     server_core: int | None = 0
     transports: tuple[str, ...] = ("sse", "ws", "mix")
+    memory_transports: tuple[str, ...] = MEMORY_TRANSPORTS
     # scale-out: the CPU budget of every worker process, in cores (cgroup quota); both
     # workers on the server core. 2 x 0.3 = 0.6 of it: the core also spends 14-19% in
     # softirq at two workers' rates (charged to no process); with 2 x 0.4 it was full before
@@ -74,11 +75,13 @@ class Plan:
         return 50_000 / self.subscribers
 
 
-QUICK = Plan(quick=True, runs=1, subscribers=200, idle_subscribers=500, latency_s=1.5,
-             probe_s=0.8, max_probes=4, precision=1.25, saturation_s=1.5,
-             saturation_warmup_s=0.3, transports=("sse", "ws"), budget_s=110,
+QUICK = Plan(quick=True, runs=1, subscribers=200, idle_subscribers=500, latency_s=1.0,
+             probe_s=0.6, max_probes=3, precision=1.25, saturation_s=1.0,
+             saturation_warmup_s=0.3, transports=("mix",), budget_s=110,
+             # memory per connection: --only idle measures it (floor, baseline, Node, hubbub)
+             memory_transports=(),
              scale_out_runs=0, scale_out_budget_s=40, scale_out_precision=1.25,
-             scale_out_saturation_s=1.0, idle_many=1000, idle_many_s=5.0)
+             scale_out_saturation_s=1.0, idle_many=500, idle_many_s=2.0)
 
 
 def kinds(transport: str, n: int) -> list[str]:

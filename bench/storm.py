@@ -83,8 +83,8 @@ class StormPlan:
     runs: int = 3
 
 
-QUICK_STORM = StormPlan(subscribers=500, steady_s=4.0, after_s=8.0, baseline_steady_s=3.0,
-                        baseline_after_s=6.0, settle_s=3.0, back_timeout_s=30.0, runs=1)
+QUICK_STORM = StormPlan(subscribers=500, steady_s=2.0, after_s=4.0, baseline_steady_s=2.0,
+                        baseline_after_s=2.0, settle_s=2.0, back_timeout_s=30.0, runs=1)
 
 
 def backoff(step: int) -> float:
