@@ -16,6 +16,7 @@ from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from hubbub.config import Settings
 from hubbub.errors import Forbidden, Unauthorized, Unavailable
+from hubbub.hmac_tokens import HmacTokens
 from hubbub.hub.backends.base import Backend, BackendUnavailable
 
 TICKET_TTL_S = 30
@@ -130,6 +131,11 @@ class Authenticator:
         self.can_issue = bool(settings.jwt_secret) and not settings.jwt_public_key
         self._api_keys = [(name, secret.encode()) for name, secret in settings.api_keys]
         self._verified: dict[str, Principal] = {}  # oldest first
+        # Plain HMAC tokens without PyJWT's overhead; with an audience or issuer to check,
+        # or a public key, PyJWT verifies every token.
+        plain = bool(settings.jwt_secret) and not settings.jwt_public_key \
+            and settings.jwt_audience is None and settings.jwt_issuer is None
+        self._hmac = HmacTokens(settings.jwt_secret, settings.jwt_algorithms if plain else (), _LEEWAY_S)
 
     def api_key(self, secret: str) -> Principal | None:
         """The backend an API key names, or None. Every key is compared, in constant time,
@@ -154,6 +160,8 @@ class Authenticator:
         return principal
 
     def _decode(self, token: str) -> Principal:
+        if self._hmac.enabled and (claims := self._hmac.claims(token, time.time())) is not None:
+            return Principal.from_claims(claims)
         s = self._settings
         try:
             claims = jwt.decode(
