@@ -27,6 +27,7 @@ from jwt.exceptions import InvalidKeyError
 _DIGESTS: dict[str, Callable[..., Any]] = {
     "HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 _DEFERRED_CLAIMS = ("aud", "jti")  # PyJWT checks these against settings or types: it decides
+KNOWN_HEADERS = 64  # an issuer sends the same header text every time: parsed once
 
 
 def _segment(text: str) -> bytes | None:
@@ -57,6 +58,7 @@ class HmacTokens:
         self._digests = {name: _DIGESTS[name] for name in algorithms if name in _DIGESTS}
         self._key = secret.encode()
         self._leeway_s = leeway_s
+        self._headers: dict[str, Callable[..., Any]] = {}  # header text -> its digest
         if self._digests:
             try:  # PyJWT refuses a secret that looks like a public key: then so does this
                 HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
@@ -75,10 +77,7 @@ class HmacTokens:
         if len(parts) != 3:
             return None
         header_text, payload_text, signature_text = parts
-        header = _json_object(_segment(header_text))
-        if header is None or header.keys() - {"alg", "typ"} or header.get("typ", "JWT") != "JWT":
-            return None
-        digest = self._digests.get(header.get("alg"))  # type: ignore[arg-type]
+        digest = self._headers.get(header_text) or self._digest(header_text)
         signature = _segment(signature_text)
         if digest is None or signature is None:
             return None
@@ -97,3 +96,13 @@ class HmacTokens:
             if name in claims and (type(value) is not int or value > now + self._leeway_s):
                 return None
         return claims
+
+    def _digest(self, header_text: str) -> Callable[..., Any] | None:
+        """The hash of a plain header's allowed algorithm, remembered for the next token."""
+        header = _json_object(_segment(header_text))
+        if header is None or header.keys() - {"alg", "typ"} or header.get("typ", "JWT") != "JWT":
+            return None
+        digest = self._digests.get(header.get("alg"))  # type: ignore[arg-type]
+        if digest is not None and len(self._headers) < KNOWN_HEADERS:
+            self._headers[header_text] = digest
+        return digest
