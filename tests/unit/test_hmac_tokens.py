@@ -23,7 +23,8 @@ SECRET = "a-test-secret-long-enough-for-hs512-" * 2
 OTHER = "another-secret-long-enough-for-hs512" * 2
 LEEWAY = 5
 ALLOWED = ("HS256", "HS384")
-NOW = int(time.time())
+NOW = int(time.time())  # at collection: tokens made here stay valid (or not) for an hour
+HOUR = 3600
 
 
 def pyjwt_claims(token: str, algorithms: tuple[str, ...] = ALLOWED) -> dict[str, Any] | None:
@@ -51,9 +52,9 @@ def test_the_tokens_hubbub_and_its_users_issue_take_the_fast_path() -> None:
     tokens = [
         issuer.issue("bob"),
         issuer.issue("alice", scope="notify publish", rooms=["lobby", "team-*"], demo=True),
-        jwt.encode({"sub": "u1", "exp": NOW + 60}, SECRET, algorithm="HS256"),
-        jwt.encode({"sub": "u1", "exp": NOW + 60, "iat": NOW, "nbf": NOW}, SECRET, algorithm="HS384"),
-        jwt.encode({"sub": "u1", "exp": NOW + 60, "iss": "somebody"}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "u1", "exp": NOW + HOUR}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "u1", "exp": NOW + HOUR, "iat": NOW, "nbf": NOW}, SECRET, algorithm="HS384"),
+        jwt.encode({"sub": "u1", "exp": NOW + HOUR, "iss": "somebody"}, SECRET, algorithm="HS256"),
     ]
     for token in tokens:
         claims = fast.claims(token, time.time())
@@ -62,26 +63,26 @@ def test_the_tokens_hubbub_and_its_users_issue_take_the_fast_path() -> None:
 
 
 @pytest.mark.parametrize("token", [
-    token_of({"alg": "none", "typ": "JWT"}, {"sub": "u", "exp": NOW + 60}),
-    token_of({"alg": "HS512", "typ": "JWT"}, {"sub": "u", "exp": NOW + 60}, digest="sha512"),  # not allowed
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60}, secret=OTHER),
-    token_of({"alg": "HS256", "kid": "k1"}, {"sub": "u", "exp": NOW + 60}),
-    token_of({"alg": "HS256", "typ": "at+jwt"}, {"sub": "u", "exp": NOW + 60}),
+    token_of({"alg": "none", "typ": "JWT"}, {"sub": "u", "exp": NOW + HOUR}),
+    token_of({"alg": "HS512", "typ": "JWT"}, {"sub": "u", "exp": NOW + HOUR}, digest="sha512"),  # not allowed
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR}, secret=OTHER),
+    token_of({"alg": "HS256", "kid": "k1"}, {"sub": "u", "exp": NOW + HOUR}),
+    token_of({"alg": "HS256", "typ": "at+jwt"}, {"sub": "u", "exp": NOW + HOUR}),
     token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW - LEEWAY - 2}),
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": float(NOW + 60)}),
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": float(NOW + HOUR)}),
     token_of({"alg": "HS256"}, {"sub": "u", "exp": True}),
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": str(NOW + 60)}),
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": str(NOW + HOUR)}),
     token_of({"alg": "HS256"}, {"sub": "u"}),
-    token_of({"alg": "HS256"}, {"sub": 7, "exp": NOW + 60}),
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60, "iat": NOW + 60}),
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60, "nbf": NOW + 60}),
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60, "aud": "x"}),
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60, "jti": "x"}),
+    token_of({"alg": "HS256"}, {"sub": 7, "exp": NOW + HOUR}),
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR, "iat": NOW + HOUR}),
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR, "nbf": NOW + HOUR}),
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR, "aud": "x"}),
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR, "jti": "x"}),
     token_of({"alg": "HS256"}, ["not", "an", "object"]),
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60}) + "=",
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60}) + ".x",
-    " " + token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60}),
-    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + 60}).replace(".", ".é", 1),
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR}) + "=",
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR}) + ".x",
+    " " + token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR}),
+    token_of({"alg": "HS256"}, {"sub": "u", "exp": NOW + HOUR}).replace(".", ".é", 1),
 ])
 def test_anything_but_a_plain_valid_token_is_left_to_pyjwt(token: str) -> None:
     assert HmacTokens(SECRET, ALLOWED, LEEWAY).claims(token, time.time()) is None
@@ -98,12 +99,16 @@ def test_an_audience_issuer_or_public_key_leaves_every_token_to_pyjwt() -> None:
     assert Authenticator(Settings(jwt_secret=SECRET))._hmac.enabled
 
 
-def _clear_of_the_edges(t: int) -> bool:
+class FromNow(int):
+    """A time claim, as seconds from when the token is made."""
+
+
+def _clear_of_the_edges(offset: int) -> bool:
     """Not within 2 s of where exp or iat/nbf turn: the two checks read the clock apart."""
-    return all(abs(t - edge) > 2 for edge in (NOW - LEEWAY, NOW + LEEWAY))
+    return all(abs(offset - edge) > 2 for edge in (-LEEWAY, LEEWAY))
 
 
-_VALUES = st.one_of(st.integers(NOW - 10_000, NOW + 10_000).filter(_clear_of_the_edges),
+_VALUES = st.one_of(st.integers(-10_000, 10_000).filter(_clear_of_the_edges).map(FromNow),
                     st.floats(allow_nan=False), st.booleans(), st.text(max_size=5), st.none(),
                     st.lists(st.integers(), max_size=2))
 # One change or two to a token PyJWT accepts: most examples stay near the edge of acceptance.
@@ -120,8 +125,9 @@ _CHANGES = st.lists(st.one_of(
 
 
 def _changed(changes: list[tuple[Any, ...]]) -> str:
+    now = int(time.time())
     header: dict[str, Any] = {"alg": "HS256", "typ": "JWT"}
-    claims: dict[str, Any] = {"sub": "u", "exp": NOW + 600}
+    claims: dict[str, Any] = {"sub": "u", "exp": now + 600}
     secret, digest, mangles = SECRET, "sha256", []
     for change in changes:
         kind = change[0]
@@ -133,7 +139,8 @@ def _changed(changes: list[tuple[Any, ...]]) -> str:
         elif kind == "drop header":
             header.pop(change[1], None)
         elif kind == "claim":
-            claims[change[1]] = change[2]
+            value = change[2]
+            claims[change[1]] = now + int(value) if isinstance(value, FromNow) else value
         elif kind == "drop claim":
             claims.pop(change[1], None)
         elif kind == "secret":
