@@ -4,8 +4,7 @@ caller still gets its own result or error."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,18 +14,14 @@ from redis.exceptions import ResponseError
 from hubbub.hub.backends.redis import RedisBackend
 from hubbub.hub.backends.redis_pipeline import MAX_BATCH, AutoPipeline
 from hubbub.hub.message import Cursor
-from tests.backends.conftest import REDIS_URL, RedisServer, delete_keys
+from tests.backends.conftest import REDIS_URL, RedisServer
 
 pytestmark = pytest.mark.redis
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
 
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = f"test-pipeline-{uuid.uuid4().hex[:8]}:"
-    yield name
-    await delete_keys(name)
+MakeRedis = Callable[..., RedisBackend]
 
 
 @pytest.fixture
@@ -37,15 +32,15 @@ async def client() -> AsyncIterator[aioredis.Redis]:
 
 
 async def test_commands_of_one_turn_go_as_one_pipeline_each_with_its_own_reply(
-        client: aioredis.Redis, prefix: str) -> None:
+        client: aioredis.Redis, redis_prefix: str) -> None:
     batch = AutoPipeline(client)
-    await client.set(f"{prefix}k", "v")
+    await client.set(f"{redis_prefix}k", "v")
     script = client.register_script(INCR_BY)
     async with asyncio.timeout(10):
         replies = await asyncio.gather(
-            batch.call("GET", f"{prefix}k"),
-            *(batch.script(script, [f"{prefix}n"], [i]) for i in range(1, 11)),
-            batch.call("HMGET", f"{prefix}none", "a", "b"),
+            batch.call("GET", f"{redis_prefix}k"),
+            *(batch.script(script, [f"{redis_prefix}n"], [i]) for i in range(1, 11)),
+            batch.call("HMGET", f"{redis_prefix}none", "a", "b"),
         )
     assert replies[0] == "v"
     assert sorted(replies[1:11]) == [sum(range(1, i + 1)) for i in range(1, 11)]
@@ -54,24 +49,22 @@ async def test_commands_of_one_turn_go_as_one_pipeline_each_with_its_own_reply(
     await batch.close()
 
 
-async def test_a_failing_command_fails_only_its_caller(client: aioredis.Redis, prefix: str) -> None:
+async def test_a_failing_command_fails_only_its_caller(client: aioredis.Redis, redis_prefix: str) -> None:
     batch = AutoPipeline(client)
-    await client.set(f"{prefix}text", "not a hash")
+    await client.set(f"{redis_prefix}text", "not a hash")
     async with asyncio.timeout(10):
-        results = await asyncio.gather(batch.call("HGET", f"{prefix}text", "field"),
-                                       batch.call("SET", f"{prefix}ok", "1"),
+        results = await asyncio.gather(batch.call("HGET", f"{redis_prefix}text", "field"),
+                                       batch.call("SET", f"{redis_prefix}ok", "1"),
                                        return_exceptions=True)
     assert isinstance(results[0], ResponseError) and "WRONGTYPE" in str(results[0])
     assert results[1] is True
-    assert await client.get(f"{prefix}ok") == "1"
+    assert await client.get(f"{redis_prefix}ok") == "1"
     await batch.close()
 
 
-async def test_a_script_redis_forgot_is_loaded_and_run(client: aioredis.Redis, prefix: str) -> None:
+async def test_a_script_redis_forgot_is_loaded_and_run(private_redis: RedisServer) -> None:
     # A private Redis: SCRIPT FLUSH would pull scripts from under every other test.
-    private = RedisServer()
-    await private.start()
-    own = aioredis.Redis.from_url(private.url, decode_responses=True)
+    own = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
         batch = AutoPipeline(own)
         script = own.register_script(INCR_BY)
@@ -84,24 +77,23 @@ async def test_a_script_redis_forgot_is_loaded_and_run(client: aioredis.Redis, p
         await batch.close()
     finally:
         await own.aclose()
-        await private.stop()
 
 
-async def test_a_turn_bigger_than_a_batch_is_split(client: aioredis.Redis, prefix: str) -> None:
+async def test_a_turn_bigger_than_a_batch_is_split(client: aioredis.Redis, redis_prefix: str) -> None:
     batch = AutoPipeline(client)
     n = 2 * MAX_BATCH + 1
     async with asyncio.timeout(10):
-        replies = await asyncio.gather(*(batch.call("INCR", f"{prefix}count") for _ in range(n)))
+        replies = await asyncio.gather(*(batch.call("INCR", f"{redis_prefix}count") for _ in range(n)))
     assert sorted(replies) == list(range(1, n + 1))
     assert batch.batches == 3
     await batch.close()
 
 
 async def test_a_cancelled_caller_leaves_the_others_their_replies(
-        client: aioredis.Redis, prefix: str) -> None:
+        client: aioredis.Redis, redis_prefix: str) -> None:
     batch = AutoPipeline(client)
-    first = asyncio.ensure_future(batch.call("INCR", f"{prefix}c"))
-    second = asyncio.ensure_future(batch.call("INCR", f"{prefix}c"))
+    first = asyncio.ensure_future(batch.call("INCR", f"{redis_prefix}c"))
+    second = asyncio.ensure_future(batch.call("INCR", f"{redis_prefix}c"))
     await asyncio.sleep(0)  # both queued
     first.cancel()
     async with asyncio.timeout(10):
@@ -110,14 +102,12 @@ async def test_a_cancelled_caller_leaves_the_others_their_replies(
     await batch.close()
 
 
-async def test_a_lost_redis_fails_every_caller_of_the_batch() -> None:
-    private = RedisServer()
-    await private.start()
-    own = aioredis.Redis.from_url(private.url, decode_responses=True, socket_connect_timeout=1)
+async def test_a_lost_redis_fails_every_caller_of_the_batch(private_redis: RedisServer) -> None:
+    own = aioredis.Redis.from_url(private_redis.url, decode_responses=True, socket_connect_timeout=1)
     try:
         batch = AutoPipeline(own)
         assert await batch.call("PING") is True
-        await private.stop()
+        await private_redis.stop()
         async with asyncio.timeout(20):
             results = await asyncio.gather(*(batch.call("GET", f"k{i}") for i in range(3)),
                                            return_exceptions=True)
@@ -125,56 +115,46 @@ async def test_a_lost_redis_fails_every_caller_of_the_batch() -> None:
         await batch.close()
     finally:
         await own.aclose()
-        await private.stop()
 
 
-async def test_the_backend_pipelines_a_crowd_of_publishes(prefix: str) -> None:
+async def test_the_backend_pipelines_a_crowd_of_publishes(make_redis: MakeRedis) -> None:
     """What the backend's hot paths gain: 200 publishes in flight go out in a few pipelines."""
-    backend = RedisBackend(REDIS_URL, prefix=prefix)
+    backend = make_redis()
     await backend.start(lambda message: None)
-    try:
-        async with asyncio.timeout(20):
-            published = await asyncio.gather(
-                *(backend.publish(f"room:r{i % 7}", '{"type":"chat","text":"x"}') for i in range(200)))
-        assert len({m.id for m in published}) == 200
-        assert backend._batch.batches <= 5
-    finally:
-        await backend.close()
+    async with asyncio.timeout(20):
+        published = await asyncio.gather(
+            *(backend.publish(f"room:r{i % 7}", '{"type":"chat","text":"x"}') for i in range(200)))
+    assert len({m.id for m in published}) == 200
+    assert backend._batch.batches <= 5
 
 
-async def test_identical_history_reads_of_one_turn_are_made_once(prefix: str) -> None:
+async def test_identical_history_reads_of_one_turn_are_made_once(make_redis: MakeRedis) -> None:
     """A storm's resumes from one id share a read; a read asked later is a read of its own."""
-    backend = RedisBackend(REDIS_URL, prefix=prefix)
+    backend = make_redis()
     await backend.start(lambda message: None)
-    try:
-        first = await backend.publish("room:a", '{"type":"chat","text":"one"}')
-        await backend.publish("room:a", '{"type":"chat","text":"two"}')
-        after = Cursor(first.epoch or "", first.seq or 0)
-        async with asyncio.timeout(10):
-            pages = await asyncio.gather(*(backend.history(["room:a"], after, 10) for _ in range(50)),
-                                         backend.history(["room:a"], None, 10))
-            assert all(page is pages[0] for page in pages[:50])
-            assert [m.seq for m in pages[0].messages] == [(first.seq or 0) + 1]
-            assert pages[50] is not pages[0] and len(pages[50].messages) == 2
-            third = await backend.publish("room:a", '{"type":"chat","text":"three"}')
-            later = await backend.history(["room:a"], after, 10)
-        assert later is not pages[0]
-        assert [m.id for m in later.messages][-1] == third.id
-    finally:
-        await backend.close()
+    first = await backend.publish("room:a", '{"type":"chat","text":"one"}')
+    await backend.publish("room:a", '{"type":"chat","text":"two"}')
+    after = Cursor(first.epoch or "", first.seq or 0)
+    async with asyncio.timeout(10):
+        pages = await asyncio.gather(*(backend.history(["room:a"], after, 10) for _ in range(50)),
+                                     backend.history(["room:a"], None, 10))
+        assert all(page is pages[0] for page in pages[:50])
+        assert [m.seq for m in pages[0].messages] == [(first.seq or 0) + 1]
+        assert pages[50] is not pages[0] and len(pages[50].messages) == 2
+        third = await backend.publish("room:a", '{"type":"chat","text":"three"}')
+        later = await backend.history(["room:a"], after, 10)
+    assert later is not pages[0]
+    assert [m.id for m in later.messages][-1] == third.id
 
 
-async def test_a_cancelled_asker_leaves_the_shared_read_to_the_others(prefix: str) -> None:
-    backend = RedisBackend(REDIS_URL, prefix=prefix)
+async def test_a_cancelled_asker_leaves_the_shared_read_to_the_others(make_redis: MakeRedis) -> None:
+    backend = make_redis()
     await backend.start(lambda message: None)
-    try:
-        await backend.publish("room:a", '{"type":"chat","text":"one"}')
-        gone = asyncio.ensure_future(backend.history(["room:a"], None, 10))
-        kept = asyncio.ensure_future(backend.history(["room:a"], None, 10))
-        await asyncio.sleep(0)
-        gone.cancel()
-        async with asyncio.timeout(10):
-            assert len((await kept).messages) == 1
-        assert gone.cancelled()
-    finally:
-        await backend.close()
+    await backend.publish("room:a", '{"type":"chat","text":"one"}')
+    gone = asyncio.ensure_future(backend.history(["room:a"], None, 10))
+    kept = asyncio.ensure_future(backend.history(["room:a"], None, 10))
+    await asyncio.sleep(0)
+    gone.cancel()
+    async with asyncio.timeout(10):
+        assert len((await kept).messages) == 1
+    assert gone.cancelled()

@@ -60,9 +60,6 @@ redis.call('SET', KEYS[4], epoch .. '-' .. seq, 'PX', 60000)
 return {epoch, seq}
 """
 
-# Presence of one channel: KEYS[1] zset "len:user..connection" -> deadline, KEYS[2] user -> count.
-# Returns {result, users whose last connection expired}; KEYS[3] (if given) makes add/remove
-# idempotent, so a retry after a lost reply still reports the first run's first/last.
 # A history read as one consistent snapshot, and one command (so reads pipeline with the rest):
 # the clock's epoch, then per channel its counters (epoch, last, dropped) and its entries after
 # seq ARGV[1] (ARGV[1] = '': the newest), at most ARGV[2]. KEYS: the clock, then m:CH, h:CH each.
@@ -79,6 +76,9 @@ end
 return out
 """
 
+# Presence of one channel: KEYS[1] zset "len:user..connection" -> deadline, KEYS[2] user -> count.
+# Returns {result, users whose last connection expired}; KEYS[3] (if given) makes add/remove
+# idempotent, so a retry after a lost reply still reports the first run's first/last.
 PRESENCE_LUA = """
 if KEYS[3] then
   local done = redis.call('GET', KEYS[3])
