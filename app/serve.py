@@ -18,6 +18,12 @@ from app.configuration import settings_from_env
 from app.worker_metrics import VARIABLE, fresh_directory
 
 GRACEFUL_TIMEOUT_S = 20.0  # Heroku sends SIGKILL 30 s after SIGTERM
+# Connections the kernel queues until the server accepts them. Past Hypercorn's default of
+# 100 the kernel drops a reconnect storm's SYNs, and clients retry those only after 1, 3,
+# 7 s, while the server sits partly idle. 1024 at ~1 ms of work per resume is about a
+# second of queue, well within a client's patience for its welcome (hubbub.js: 10 s).
+# The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 
 
 def serve(host: str, port: int | None, workers: int | None) -> int:
@@ -50,6 +56,7 @@ def serve(host: str, port: int | None, workers: int | None) -> int:
         config.accesslog = "-"  # the path only: hypercorn's default format logs no query string
         config.errorlog = "-"
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.backlog = LISTEN_BACKLOG
     metrics = None if os.environ.get(VARIABLE) else fresh_directory()  # the workers sum their metrics
     try:
         return int(run(config) or 0)

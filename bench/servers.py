@@ -48,13 +48,15 @@ class ServerSpec:
     workers: int = 0
     publishes: bool = True  # False: holds connections, delivers nothing (the floor)
     kind: str = "hypercorn"  # or "node": ``node APP --port PORT``
+    backlog: int | None = None  # Hypercorn's listen backlog (None: its default, 100)
 
 
 BASELINE = ServerSpec("baseline", "bench.baseline_app:create_app()", authenticated=False)
 # Hypercorn holding connections for an empty ASGI app: the memory scenario's floor.
 FLOOR = ServerSpec("floor", "bench.floor_app:app", authenticated=False, publishes=False)
+# As `python -m app serve` runs it, with its listen backlog (app/serve.py).
 HUBBUB = ServerSpec("hubbub", "app:create_app()", authenticated=True,
-                    env={"JWT_SECRET": SECRET, **UNTHROTTLED})
+                    env={"JWT_SECRET": SECRET, **UNTHROTTLED}, backlog=1024)
 # The best non-Python reference: Node.js, the http module and ws (bench/node/server.js).
 NODE = ServerSpec("node", "bench/node/server.js", authenticated=False, kind="node")
 NODE_INSTALL = "cd bench/node && npm ci --no-audit --no-fund"
@@ -75,7 +77,8 @@ def _command(spec: ServerSpec, port: int) -> list[str]:
         if why:
             raise RuntimeError(why)
         return ["node", spec.app, "--port", str(port)]
-    return [sys.executable, "-m", "hypercorn", "--worker-class", "uvloop",
+    backlog = [] if spec.backlog is None else ["--backlog", str(spec.backlog)]
+    return [sys.executable, "-m", "hypercorn", "--worker-class", "uvloop", *backlog,
             "--workers", str(spec.workers), "--bind", f"127.0.0.1:{port}", spec.app]
 
 

@@ -20,11 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.serve import LISTEN_BACKLOG
 from tests.conftest import SECRET, make_token
 from tests.e2e.clients import recv_json, sse_connect, ws_connect
 
 ROOT = Path(__file__).resolve().parents[2]
 HYPERCORN = str(Path(sys.executable).with_name("hypercorn"))
+SOMAXCONN = int(Path("/proc/sys/net/core/somaxconn").read_text())  # the kernel's cap on a backlog
 
 
 def free_port() -> int:
@@ -168,3 +170,19 @@ async def test_command_line_token_is_accepted_by_the_server(
         reply = await client.post("/api/notifications", json={"broadcast": True, "data": {"m": 1}},
                                   headers={"Authorization": f"Bearer {token}"})
     assert reply.status_code == 202, reply.text
+
+
+async def test_serve_listen_backlog_queues_a_reconnect_storm_in_the_kernel(
+    hypercorn_process: tuple[asyncio.subprocess.Process, int], request: pytest.FixtureRequest,
+) -> None:
+    """`python -m app serve` listens with a backlog of 1024 (Hypercorn's own default: 100), so
+    thousands of clients reconnecting at once wait in the accept queue instead of having
+    their SYNs dropped. `ss` shows a listening socket's backlog as its Send-Q."""
+    _, port = hypercorn_process
+    listing = await asyncio.create_subprocess_exec(
+        "ss", "-Hltn", f"sport = :{port}", stdout=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(10):
+        out, _ = await listing.communicate()
+    backlogs = {int(line.split()[2]) for line in out.decode().splitlines() if line.startswith("LISTEN")}
+    expected = LISTEN_BACKLOG if request.node.callspec.params["hypercorn_process"] == "serve" else 100
+    assert backlogs == {min(expected, SOMAXCONN)}
