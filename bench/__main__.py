@@ -214,9 +214,10 @@ async def _idle_lives(plan: Plan, log_dir: Path) -> dict[str, Any]:
             print(f"run {run + 1}/{plan.runs} idle {spec.name:<8} {plan.idle_many:,} connections", flush=True)
             out = await scenarios.idle_life(spec, plan, log_dir)
             results["idle"].setdefault(spec.name, []).append(out)
+            cpu = "not measured (sends nothing at rest)" if out["idle_cpu_pct"] is None else \
+                f"{out['idle_cpu_pct']}% of a core over {out['idle_s']:.0f} s"
             print(f"    accepted in {out['accept_s']} s | {out['kb_per_connection']} KB per connection | "
-                  f"idle CPU {out['idle_cpu_pct']}% of a core over {out['idle_s']:.0f} s | "
-                  f"{out['closed_while_idle']} closed", flush=True)
+                  f"idle CPU {cpu} | {out['closed_while_idle']} closed", flush=True)
     results["scale_out"] = {"status": "not run (--only idle)"}
     return results
 

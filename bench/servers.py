@@ -49,11 +49,12 @@ class ServerSpec:
     publishes: bool = True  # False: holds connections, delivers nothing (the floor)
     kind: str = "hypercorn"  # or "node": ``node APP --port PORT``
     backlog: int | None = None  # Hypercorn's listen backlog (None: its default, 100)
+    beats: bool = True  # sends heartbeats or pings on idle connections (the idle CPU scenario)
 
 
-BASELINE = ServerSpec("baseline", "bench.baseline_app:create_app()", authenticated=False)
+BASELINE = ServerSpec("baseline", "bench.baseline_app:create_app()", authenticated=False, beats=False)
 # Hypercorn holding connections for an empty ASGI app: the memory scenario's floor.
-FLOOR = ServerSpec("floor", "bench.floor_app:app", authenticated=False, publishes=False)
+FLOOR = ServerSpec("floor", "bench.floor_app:app", authenticated=False, publishes=False, beats=False)
 # As `python -m app serve` runs it, with its listen backlog (app/serve.py).
 HUBBUB = ServerSpec("hubbub", "app:create_app()", authenticated=True,
                     env={"JWT_SECRET": SECRET, **UNTHROTTLED}, backlog=1024)
