@@ -127,6 +127,7 @@ class Hubbub:
         async def headers(response: Response) -> Response:
             response.headers.update(cors_headers(settings, request.headers.get("Origin")))
             response.headers["X-Content-Type-Options"] = "nosniff"
+            await http.finish_reading_body(response, settings.max_message_bytes)
             return response
 
         return parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from quart import Blueprint, Response, g, request
@@ -31,6 +32,11 @@ DEFAULT_HISTORY_LIMIT = 100
 MAX_HISTORY_LIMIT = 10_000  # asked for more: clamped to HISTORY_SIZE anyway
 TICKETS_PER_S = 1.0  # minting per user; the burst is twice MAX_CONNECTIONS_PER_USER
 _DEMO_USER_MAX = 64
+# Over HTTP/1.1, a response that ends before the request's body has arrived whole makes
+# Hypercorn close the connection once the response is out, without saying so in it: a
+# client that reuses the connection then sees it drop under its next request. A refusal
+# comes before the body is read, so the rest is read first, for this long at most.
+BODY_DRAIN_S = 1.0
 
 
 def _json(value: object, status: int = 200) -> Response:
@@ -53,6 +59,25 @@ async def request_body(svc: Services) -> bytes:
             svc.metrics.dropped.labels("too_big").inc()
             raise TooLarge(f"bodies are limited to {limit} bytes") from None
         raise
+
+
+async def finish_reading_body(response: Response, limit: int) -> None:
+    """Reads what is left of the request's body (up to ``limit`` bytes, ``BODY_DRAIN_S``), so
+    the connection can serve the next request; otherwise the response says ``Connection: close``."""
+    if request.http_version not in ("1.0", "1.1"):
+        return  # HTTP/2 ends the stream alone (and forbids the header)
+    chunked = "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
+    if not request.content_length and not chunked:
+        return
+    if (request.content_length or 0) > limit:
+        response.headers["Connection"] = "close"
+        return
+    request.max_content_length = limit
+    try:
+        async with asyncio.timeout(BODY_DRAIN_S):
+            await request.get_data(cache=True, as_text=False)
+    except Exception:  # too slow, too big once dechunked, or the peer gone
+        response.headers["Connection"] = "close"
 
 
 async def current_principal(svc: Services) -> Principal:

@@ -112,3 +112,55 @@ async def test_half_open_handshake_does_not_block_others(server_factory: ServerF
             assert (await recv_json(ws))["type"] == "welcome"
     finally:
         half.close()
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status, *lines = head.rstrip(b"\r\n").split(b"\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(b":", 1) for line in lines)}
+    return status, headers, await reader.readexactly(int(headers[b"content-length"]))
+
+
+def _post_head(path: str, length: int) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer garbage\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+async def test_a_post_refused_before_its_body_came_keeps_its_connection(
+        server_factory: ServerFactory) -> None:
+    """A refusal is decided on the headers; the body may still be on its way (it often is a
+    segment of its own). The connection must still serve the next request: Hypercorn closes
+    one whose request was not read whole, and a keep-alive client would lose its next one."""
+    server = await server_factory()
+    body = b'{"text":"hello"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        async with asyncio.timeout(10):
+            writer.write(_post_head("/api/rooms/lobby/messages", len(body)))
+            await writer.drain()
+            await asyncio.sleep(0.2)  # a slow client: the headers are handled before the body comes
+            writer.write(body)
+            status, headers, reply = await _response(reader)
+            assert status == b"HTTP/1.1 401 " and json.loads(reply)["error"] == "unauthorized"
+            assert headers.get(b"connection") != b"close"
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            status, _, _ = await _response(reader)
+            assert status.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+
+
+async def test_a_post_refused_whose_body_never_comes_says_the_connection_closes(
+        server_factory: ServerFactory) -> None:
+    server = await server_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        async with asyncio.timeout(10):
+            writer.write(_post_head("/api/rooms/lobby/messages", 100))  # and never the 100 bytes
+            await writer.drain()
+            status, headers, _ = await _response(reader)
+            assert status == b"HTTP/1.1 401 "
+            assert headers[b"connection"] == b"close"
+            assert await reader.read() == b""  # and the server closes it
+    finally:
+        writer.close()
