@@ -55,7 +55,8 @@ class ServerSpec:
 BASELINE = ServerSpec("baseline", "bench.baseline_app:create_app()", authenticated=False, beats=False)
 # Hypercorn holding connections for an empty ASGI app: the memory scenario's floor.
 FLOOR = ServerSpec("floor", "bench.floor_app:app", authenticated=False, publishes=False, beats=False)
-# As `python -m app serve` runs it, with its listen backlog (app/serve.py).
+# As `python -m app serve` runs it, with its listen backlog (app/serve.py: LISTEN_BACKLOG; not
+# imported, as importing `app` sets up the metrics directory in the generator's process).
 HUBBUB = ServerSpec("hubbub", "app:create_app()", authenticated=True,
                     env={"JWT_SECRET": SECRET, **UNTHROTTLED}, backlog=1024)
 # The best non-Python reference: Node.js, the http module and ws (bench/node/server.js).

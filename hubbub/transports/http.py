@@ -53,6 +53,7 @@ async def request_body(svc: Services) -> bytes:
     request.max_content_length = limit
     try:
         data = await request.get_data(cache=True, as_text=False)
+        g.hubbub_body_read = True  # finish_reading_body has nothing left to do
         return data if isinstance(data, bytes) else data.encode()
     except Exception as exc:  # werkzeug's RequestEntityTooLarge for chunked bodies
         if getattr(exc, "code", None) == 413:
@@ -64,8 +65,8 @@ async def request_body(svc: Services) -> bytes:
 async def finish_reading_body(response: Response, limit: int) -> None:
     """Reads what is left of the request's body (up to ``limit`` bytes, ``BODY_DRAIN_S``), so
     the connection can serve the next request; otherwise the response says ``Connection: close``."""
-    if request.http_version not in ("1.0", "1.1"):
-        return  # HTTP/2 ends the stream alone (and forbids the header)
+    if getattr(g, "hubbub_body_read", False) or request.http_version not in ("1.0", "1.1"):
+        return  # read whole already (every accepted POST); HTTP/2 ends the stream alone
     chunked = "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
     if not request.content_length and not chunked:
         return
