@@ -258,6 +258,20 @@ async def test_presence_first_and_last_connection_of_a_user(backend: Backend) ->
     assert await backend.presence_remove("room:a", "bob", "c3") == 0
 
 
+async def test_presence_of_a_user_whose_connections_come_and_go(backend: Backend) -> None:
+    """Two, one, two again, none: only the first and the last are a join and a leave."""
+    assert await backend.presence_add("room:a", "ann", "c1") == 1
+    assert await backend.presence_remove("room:a", "ann", "c9") is None  # not one of hers
+    assert await backend.presence_add("room:a", "ann", "c2") is None
+    assert await backend.presence_remove("room:a", "ann", "c1") is None
+    assert await backend.presence("room:a") == {"ann": 1}
+    assert await backend.presence_add("room:a", "ann", "c3") is None
+    assert await backend.presence("room:a") == {"ann": 2}
+    assert await backend.presence_remove("room:a", "ann", "c2") is None
+    assert await backend.presence_remove("room:a", "ann", "c3") == 0
+    assert await backend.presence("room:a") == {}
+
+
 async def test_take_token_allows_a_burst_then_refuses_then_refills(backend: Backend) -> None:
     rate = 20.0
     assert [await backend.take_token("ann", rate, 3) for _ in range(3)] == [0.0, 0.0, 0.0]

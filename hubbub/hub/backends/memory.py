@@ -28,6 +28,9 @@ SWEEP_BATCH = 1000  # entries freed between two yields to the event loop
 MAX_IDEMPOTENCY_KEYS = 100_000
 
 V = TypeVar("V")
+# A user's connections, in presence and in the per-user count: most users hold one, so a lone
+# connection id is kept as itself and a set (216 bytes) is made only for a second one.
+Ids = str | set[str]
 
 
 class _ChannelHistory:
@@ -88,8 +91,8 @@ class MemoryBackend:
         self._watermark = 0
         self._subscribed: set[str] = set()
         self._deliver: Deliver | None = None
-        self._presence: dict[str, dict[str, set[str]]] = {}
-        self._connections: dict[str, set[str]] = {}
+        self._presence: dict[str, dict[str, Ids]] = {}
+        self._connections: dict[str, Ids] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, deliver: Deliver) -> None:
@@ -205,25 +208,18 @@ class MemoryBackend:
 
     async def presence_add(self, channel: str, user: str, connection: str) -> int | None:
         users = self._presence.setdefault(channel, {})
-        connections = users.setdefault(user, set())
-        connections.add(connection)
-        return len(users) if len(connections) == 1 else None
+        return len(users) if _add_id(users, user, connection) == 1 else None
 
     async def presence_remove(self, channel: str, user: str, connection: str) -> int | None:
         users = self._presence.get(channel, {})
-        connections = users.get(user)
-        if not connections or connection not in connections:
+        if _remove_id(users, user, connection) != 0:
             return None
-        connections.discard(connection)
-        if connections:
-            return None
-        del users[user]
         if not users:
             self._presence.pop(channel, None)
         return len(users)
 
     async def presence(self, channel: str) -> dict[str, int]:
-        return {user: len(c) for user, c in self._presence.get(channel, {}).items()}
+        return {user: _count(ids) for user, ids in self._presence.get(channel, {}).items()}
 
     async def take_token(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> float:
         now = time.monotonic()
@@ -238,22 +234,14 @@ class MemoryBackend:
         return wait
 
     async def connection_add(self, user: str, connection: str, limit: int) -> bool:
-        connections = self._connections.get(user)
-        if connections is None:
-            if limit < 1:
-                return False
-            connections = self._connections[user] = set()
-        elif connection not in connections and len(connections) >= limit:
+        ids = self._connections.get(user)
+        if not _has_id(ids, connection) and _count(ids) >= limit:
             return False
-        connections.add(connection)
+        _add_id(self._connections, user, connection)
         return True
 
     async def connection_remove(self, user: str, connection: str) -> None:
-        connections = self._connections.get(user)
-        if connections is not None:
-            connections.discard(connection)
-            if not connections:
-                del self._connections[user]
+        _remove_id(self._connections, user, connection)
 
     async def idempotency_claim(self, key: str, fingerprint: str, nonce: str,
                                 pending_ttl_s: float) -> tuple[str, str | None]:
@@ -295,3 +283,38 @@ class MemoryBackend:
 
     async def ping(self) -> bool:
         return True
+
+
+def _count(ids: Ids | None) -> int:
+    return 0 if ids is None else 1 if isinstance(ids, str) else len(ids)
+
+
+def _has_id(ids: Ids | None, one: str) -> bool:
+    return ids == one if isinstance(ids, str) else ids is not None and one in ids
+
+
+def _add_id(by_key: dict[str, Ids], key: str, one: str) -> int:
+    """Adds ``one`` to ``key``'s ids; how many it has now."""
+    ids = by_key.get(key)
+    if ids is None or ids == one:
+        by_key[key] = one
+        return 1
+    if isinstance(ids, str):
+        ids = by_key[key] = {ids}
+    ids.add(one)
+    return len(ids)
+
+
+def _remove_id(by_key: dict[str, Ids], key: str, one: str) -> int | None:
+    """Takes ``one`` from ``key``'s ids (the key goes with its last); how many are left, or
+    None when it was not there."""
+    ids = by_key.get(key)
+    if not _has_id(ids, one):
+        return None
+    if isinstance(ids, set) and len(ids) > 1:
+        ids.discard(one)
+        if len(ids) == 1:
+            by_key[key] = next(iter(ids))
+        return len(ids)
+    del by_key[key]
+    return 0
