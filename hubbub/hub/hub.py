@@ -59,6 +59,31 @@ def user_channel(user: str) -> str:
     return f"user:{user}"
 
 
+class Subscribing:
+    """What ``Hub.subscribe`` returns: an async context manager around one subscription.
+
+    A class rather than ``@asynccontextmanager``: it lives as long as the connection, and a
+    suspended generator with its context manager costs ~500 bytes against this one's ~140."""
+
+    __slots__ = ("_hub", "_channels", "_cursor", "_connection_id", "_opened")
+
+    def __init__(self, hub: Hub, channels: tuple[str, ...], cursor: str | None, connection_id: str) -> None:
+        self._hub = hub
+        self._channels = channels
+        self._cursor = cursor
+        self._connection_id = connection_id
+        self._opened: tuple[Subscription, asyncio.Task[None] | None] | None = None
+
+    async def __aenter__(self) -> Subscription:
+        self._opened = await self._hub._open(self._channels, self._cursor, self._connection_id)
+        return self._opened[0]
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._opened is not None:
+            opened, self._opened = self._opened, None
+            await self._hub._close(*opened)
+
+
 def notification_channels(user: str) -> tuple[str, str]:
     return (user_channel(user), BROADCAST)
 
@@ -130,15 +155,19 @@ class Hub:
 
     # -- subscribing --------------------------------------------------------
 
-    @asynccontextmanager
-    async def subscribe(
-        self, channels: Iterable[str], *, cursor: str | None = None, connection_id: str = "",
-    ) -> AsyncIterator[Subscription]:
-        """A subscription that replays what came after ``cursor``, then goes live.
+    def subscribe(self, channels: Iterable[str], *, cursor: str | None = None,
+                  connection_id: str = "") -> Subscribing:
+        """``async with hub.subscribe(channels) as subscription``: a subscription that replays
+        what came after ``cursor``, then goes live.
 
         Live messages arriving during the replay are held and de-duplicated by id,
         so nothing is lost or repeated at the seam. Always cleaned up on exit.
         """
+        return Subscribing(self, tuple(channels), cursor, connection_id)
+
+    async def _open(self, channels: tuple[str, ...], cursor: str | None, connection_id: str,
+                    ) -> tuple[Subscription, asyncio.Task[None] | None]:
+        """A subscription and the task replaying the rest of its history, if any."""
         subscription = Subscription((), connection_id, self._outbox_size)
         parsed = Cursor.parse(cursor)
         if parsed is not None:
@@ -152,16 +181,20 @@ class Hub:
                 after = await self._replay_page(subscription, parsed)
                 if after is not None:
                     replaying = asyncio.create_task(self._replay_rest(subscription, after))
-            yield subscription
-        finally:
-            subscription.close()
-            self._subscriptions.discard(subscription)
-            self._retired_sent += subscription.sent
-            self._changes += 1
-            if replaying is not None:
-                replaying.cancel()
-            for channel in subscription.channels:
-                await self._remove(channel, subscription)
+        except BaseException:
+            await self._close(subscription, replaying)
+            raise
+        return subscription, replaying
+
+    async def _close(self, subscription: Subscription, replaying: asyncio.Task[None] | None) -> None:
+        subscription.close()
+        self._subscriptions.discard(subscription)
+        self._retired_sent += subscription.sent
+        self._changes += 1
+        if replaying is not None:
+            replaying.cancel()
+        for channel in subscription.channels:
+            await self._remove(channel, subscription)
 
     async def add_channel(self, subscription: Subscription, channel: str) -> bool:
         """Adds ``channel`` to a subscription: its messages published from now on, with ids
