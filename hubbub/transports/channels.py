@@ -1,19 +1,50 @@
-"""The channels of one multi-channel connection (``/ws?channels=…``, ``/sse?channels=…``).
+"""The channels a live connection subscribes, as its endpoint and query name them.
 
-A client names ``room:NAME`` or ``notifications``; the hub subscribes ``room:NAME``, or the
+``/ws/chat`` and ``/sse/chat`` take one room, the notifications endpoints the caller's own
+channel and the broadcasts, and ``/ws?channels=…`` and ``/sse?channels=…`` a set. In a set a
+client names ``room:NAME`` or ``notifications``; the hub subscribes ``room:NAME``, or the
 caller's ``user:ID`` and ``broadcast``. All of them share one id clock, so one cursor
 resumes the whole set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from hubbub.auth import Principal
 from hubbub.errors import BadRequest
 from hubbub.hub.hub import BROADCAST, ROOM_NAME, notification_channels, room_channel
+from hubbub.transports.asgi import Request
+from hubbub.transports.common import Services, valid_room
 
 NOTIFICATIONS = "notifications"
+
+ChannelsFor = Callable[[Principal], tuple[str, ...]]  # the hub channels a caller gets; Forbidden if none
+# An endpoint's reading of its query, before the caller is known: its ChannelsFor, and the room
+# chat frames go to (None: they name it, or there is none); BadRequest for a malformed query.
+Plan = Callable[[Services, Request], tuple[ChannelsFor, str | None]]
+
+
+def room_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
+    """``?room=NAME``: the room, for callers the token lets in."""
+    room = valid_room(request.args.get("room"))
+
+    def channels_for(principal: Principal) -> tuple[str, ...]:
+        principal.require_room(room)
+        return (room_channel(room),)
+
+    return channels_for, room
+
+
+def notifications_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
+    """The caller's own notifications and the broadcasts."""
+    return (lambda principal: notification_channels(principal.user)), None
+
+
+def set_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
+    """``?channels=room:lobby,notifications``: any set on one connection."""
+    names = channel_list(request.args.get("channels"), svc.settings.max_channels_per_connection)
+    return (lambda principal: hub_channels(names, principal)), None
 
 
 def channel_name(value: object) -> str:

@@ -63,10 +63,10 @@ class LiveConnection:
     """Subclasses say how a message, a heartbeat and the ending go on their wire."""
 
     __slots__ = ("svc", "principal", "sub", "room", "multi", "joined", "send", "bridge", "direct", "closing",
-                 "_loop", "_flusher", "_ender", "_due", "_abort")
+                 "_loop", "_flusher", "_ender", "_due", "_abort", "_opened")
 
     transport: ClassVar[str]  # the metrics' label: websocket, sse
-    frame_attribute: ClassVar[str]  # the Message attribute holding its bytes on this wire
+    frame_of: ClassVar[attrgetter[bytes]]  # a Message's bytes on this wire
     checks_silence: ClassVar[bool] = False  # WebSocket: close a peer silent for IDLE_TIMEOUT
 
     def __init__(self, svc: Services, principal: Principal | None, sub: Subscription,
@@ -82,13 +82,14 @@ class LiveConnection:
         self.bridge = bridge  # None: not Hypercorn, or the fast path is off
         self.direct: DirectWriter | None = None
         if bridge is not None and self.wire_allows_direct(scope):
-            self.direct = bridge.direct_writer(attrgetter(self.frame_attribute), svc.writes)
+            self.direct = bridge.direct_writer(self.frame_of, svc.writes)
         self.closing: Closing | None = None
         self._loop = asyncio.get_running_loop()
         self._flusher: asyncio.Task[None] | None = None
         self._ender: asyncio.Task[None] | None = None
         self._due: int | None = None  # its slot in the timer wheel
         self._abort: asyncio.TimerHandle | None = None
+        self._opened: float | None = None  # when ``open`` ran; None again once closed
 
     @property
     def endpoint(self) -> str:
@@ -126,20 +127,18 @@ class LiveConnection:
 
     # -- life ----------------------------------------------------------------------
 
-    async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        """Joins its rooms, serves until the peer is gone, leaves. Never raises for the peer.
-
-        Its frame lives as long as the connection: it keeps no more than it must (the log
-        fields are made again at the end)."""
+    async def open(self) -> None:
+        """Counts and logs the connection, takes its messages, joins its rooms. Then the
+        caller awaits ``serve`` itself, and ``close`` in a ``finally`` around both: a method
+        around the three would keep one more coroutine frame for the connection's whole life."""
+        self._opened = time.monotonic()
         metrics = self.svc.metrics
         metrics.opened.labels(self.transport, self.endpoint).inc()
         metrics.connections.labels(self.transport, self.endpoint).inc()
-        opened = time.monotonic()
         user, channel = self._log_names()
         fields = {"user": user, "transport": self.transport, "channel": channel}
         connections_log.info("connection opened: %s %s %s", user, self.transport, channel,
                              extra={"fields": fields})
-        del user, channel, fields  # not kept for the connection's life
         for subscribed in self.sub.channels:
             metrics.subscriptions.labels(channel_kind(subscribed)).inc()
         self.sub.attach(self._on_ready, self.direct.try_write if self.direct is not None else None)
@@ -149,31 +148,35 @@ class LiveConnection:
             self._on_ready()
         self._schedule(first=True)
         try:
-            try:
-                for room in [c for c in self.sub.channels if c.startswith("room:")]:
-                    await self.join(room)
-            except BackendUnavailable:
-                self.end(BACKEND_DOWN)
-            await self.serve(receive)
-        finally:
-            self._log_closed(time.monotonic() - opened)
-            metrics.connections.labels(self.transport, self.endpoint).dec()
-            for subscribed in self.sub.channels:
-                metrics.subscriptions.labels(channel_kind(subscribed)).dec()
-            self.sub.detach()
-            if self.bridge is not None:
-                self.bridge.on_too_big = None
-            if self.direct is not None:
-                self.direct.close()
-            if self._due is not None:
-                self.svc.wheel.remove(self, self._due)
-            if self._abort is not None:
-                self._abort.cancel()
-            for task in (self._flusher, self._ender):
-                if task is not None:
-                    task.cancel()
-            for room in tuple(self.joined):
-                await self.leave(room)
+            for room in [c for c in self.sub.channels if c.startswith("room:")]:
+                await self.join(room)
+        except BackendUnavailable:
+            self.end(BACKEND_DOWN)
+
+    async def close(self) -> None:
+        """Undoes ``open`` once the peer is gone: leaves its rooms; never raises for the peer."""
+        if self._opened is None:
+            return
+        metrics = self.svc.metrics
+        self._log_closed(time.monotonic() - self._opened)
+        self._opened = None
+        metrics.connections.labels(self.transport, self.endpoint).dec()
+        for subscribed in self.sub.channels:
+            metrics.subscriptions.labels(channel_kind(subscribed)).dec()
+        self.sub.detach()
+        if self.bridge is not None:
+            self.bridge.on_too_big = None
+        if self.direct is not None:
+            self.direct.close()
+        if self._due is not None:
+            self.svc.wheel.remove(self, self._due)
+        if self._abort is not None:
+            self._abort.cancel()
+        for task in (self._flusher, self._ender):
+            if task is not None:
+                task.cancel()
+        for room in tuple(self.joined):
+            await self.leave(room)
 
     def _log_names(self) -> tuple[str, str]:
         """The user and the channel(s) as the connection log lines name them."""

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from sse_starlette.event import ServerSentEvent
 
-from hubbub.auth import Principal
 from hubbub.errors import Close, HubError
 from hubbub.hub.backends.base import BackendUnavailable
-from hubbub.hub.hub import notification_channels, room_channel
 from hubbub.hub.message import Message
 from hubbub.hub.wire import http_chunk
 from hubbub.transports.asgi import Receive, Request, Send, raw_headers, send_error
-from hubbub.transports.channels import channel_list, hub_channels
+from hubbub.transports.channels import Plan, notifications_plan, room_plan, set_plan
 from hubbub.transports.common import (
     Services,
     check_origin,
@@ -30,7 +30,6 @@ from hubbub.transports.common import (
     new_connection_id,
     refuse_while_draining,
     require_principal,
-    valid_room,
 )
 from hubbub.transports.hypercorn_bridge import Bridge
 from hubbub.transports.live import BACKEND_DOWN, Closing, LiveConnection
@@ -59,51 +58,29 @@ def _retry_event(data: str | None = None) -> bytes:
     return ServerSentEvent(data, retry=retry_hint_ms(), sep="\n").encode()
 
 
-async def chat(svc: Services, request: Request, receive: Receive, send: Send) -> None:
-    try:
-        refuse_while_draining(svc)
-        room = valid_room(request.args.get("room"))
-        check_origin(svc.settings, request.headers, request.host)
-        principal = await require_principal(svc, request, tickets=True)
-        principal.require_room(room)
-    except HubError as error:
-        await send_error(send, request, svc.settings, error)
-        return
-    await _stream(svc, request, receive, send, principal, (room_channel(room),), room)
-
-
-async def notifications(svc: Services, request: Request, receive: Receive, send: Send) -> None:
-    try:
-        refuse_while_draining(svc)
-        check_origin(svc.settings, request.headers, request.host)
-        principal = await require_principal(svc, request, tickets=True)
-    except HubError as error:
-        await send_error(send, request, svc.settings, error)
-        return
-    await _stream(svc, request, receive, send, principal, notification_channels(principal.user), None)
-
-
-async def channels(svc: Services, request: Request, receive: Receive, send: Send) -> None:
-    """/sse?channels=room:lobby,notifications: any set on one stream (a new set: reconnect
-    with it and the last id)."""
-    try:
-        refuse_while_draining(svc)
-        names = channel_list(request.args.get("channels"), svc.settings.max_channels_per_connection)
-        check_origin(svc.settings, request.headers, request.host)
-        principal = await require_principal(svc, request, tickets=True)
-        wanted = hub_channels(names, principal)
-    except HubError as error:
-        await send_error(send, request, svc.settings, error)
-        return
-    await _stream(svc, request, receive, send, principal, wanted, None, multi=True)
-
-
-async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
-                  principal: Principal, channels: tuple[str, ...], room: str | None, *,
-                  multi: bool = False) -> None:
-    cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+def _start_message(svc: Services, request: Request) -> dict[str, Any]:
+    """The response's start: the shared one, unless the caller's origin gets CORS headers."""
     cors = cors_headers(svc.settings, request.headers.get("Origin"))
-    start = {**_START, "headers": raw_headers({**_HEADERS, **cors})} if cors else _START
+    return {**_START, "headers": raw_headers({**_HEADERS, **cors})} if cors else _START
+
+
+async def _serve(svc: Services, request: Request, receive: Receive, send: Send, *, plan: Plan,
+                 multi: bool) -> None:
+    """Checks the caller, counts the stream, subscribes, and serves it until the peer is gone.
+    The endpoints are this with their plan (a partial: no coroutine frame of their own, as
+    every frame in the chain lives as long as the stream)."""
+    try:
+        refuse_while_draining(svc)
+        channels_for, room = plan(svc, request)
+        check_origin(svc.settings, request.headers, request.host)
+        principal = await require_principal(svc, request, tickets=True)
+        channels = channels_for(principal)
+    except HubError as error:
+        await send_error(send, request, svc.settings, error)
+        return
+    del channels_for  # a closure: not kept for the stream's life
+    cursor = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    start = _start_message(svc, request)
     connection_id = new_connection_id()
     bridge = Bridge.attach(send)
     svc.watch_server_shutdown(bridge)
@@ -118,7 +95,7 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
         except HubError as error:
             await send_error(send, request, svc.settings, error)
             return
-        try:  # subscribed here, not in a function of its own: one coroutine frame less per stream
+        try:
             started = False
             try:
                 async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
@@ -128,7 +105,11 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
                                                multi=multi)
                     connection.visible_heartbeat = request.args.get("heartbeat") == "1"
                     await connection.greet(connection.welcome())
-                    await connection.run(receive)
+                    try:
+                        await connection.open()
+                        await connection.serve(receive)
+                    finally:
+                        await connection.close()
             except BackendUnavailable:
                 if not started:
                     await send(start)
@@ -140,11 +121,18 @@ async def _stream(svc: Services, request: Request, receive: Receive, send: Send,
         svc.limits.release()
 
 
+chat = partial(_serve, plan=room_plan, multi=False)
+notifications = partial(_serve, plan=notifications_plan, multi=False)
+# /sse?channels=room:lobby,notifications: any set on one stream (a new set: reconnect with it
+# and the last id).
+channels = partial(_serve, plan=set_plan, multi=True)
+
+
 class SSEConnection(LiveConnection):
     __slots__ = ("_beat", "visible_heartbeat")
 
     transport = "sse"
-    frame_attribute = "sse_chunk"
+    frame_of = attrgetter("sse_chunk")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from hubbub.auth import AUTH_FRAME_TIMEOUT_S, Principal
 from hubbub.errors import BadRequest, Close, HubError, RateLimited, TooLarge, Unauthorized, Unavailable
 from hubbub.hub.backends.base import BackendUnavailable
-from hubbub.hub.hub import notification_channels, room_channel
 from hubbub.hub.message import Message, dumps
 from hubbub.hub.wire import websocket_frame, websocket_text_frame
 from hubbub.limits import LocalBucket
 from hubbub.metrics import channel_kind
 from hubbub.transports.asgi import Receive, Request, Send, reject_upgrade
-from hubbub.transports.channels import channel_list, channel_name, client_names, hub_channels
+from hubbub.transports.channels import (
+    ChannelsFor,
+    Plan,
+    channel_name,
+    client_names,
+    hub_channels,
+    notifications_plan,
+    room_plan,
+    set_plan,
+)
 from hubbub.transports.common import (
     Services,
     ack_frame,
@@ -32,7 +41,6 @@ from hubbub.transports.common import (
     new_connection_id,
     publish_chat,
     refuse_while_draining,
-    valid_room,
 )
 from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
 from hubbub.transports.inbound import ClientFrame, parse_frame
@@ -48,11 +56,6 @@ REPLY_WAIT_S = 10.0
 # subscribe/unsubscribe frames per second on /ws, after a burst of MAX_CHANNELS_PER_CONNECTION:
 # each may subscribe at the backend, so a client cannot make the process churn.
 CHANNEL_CHANGES_PER_S = 10.0
-
-ChannelsFor = Callable[[Principal], tuple[str, ...]]  # the hub channels a caller gets; Forbidden if none
-# An endpoint's reading of its query: its ChannelsFor and the room chat frames go to (None: they
-# name it, or there is none); BadRequest for a malformed query.
-Plan = Callable[[Services, Request], tuple[ChannelsFor, str | None]]
 
 
 class PeerLeft(Exception):
@@ -93,31 +96,14 @@ async def echo(svc: Services, request: Request, receive: Receive, send: Send) ->
     try:
         async with svc.hub.subscribe(()) as subscription:
             await send({"type": "websocket.accept"})
-            await EchoConnection(svc, None, subscription, request.scope, send, None, bridge).run(receive)
+            connection = EchoConnection(svc, None, subscription, request.scope, send, None, bridge)
+            try:
+                await connection.open()
+                await connection.serve(receive)
+            finally:
+                await connection.close()
     finally:
         svc.limits.release()
-
-
-def _room_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
-    """/ws/chat?room=NAME: the room, for callers the token lets in."""
-    room = valid_room(request.args.get("room"))
-
-    def channels_for(principal: Principal) -> tuple[str, ...]:
-        principal.require_room(room)
-        return (room_channel(room),)
-
-    return channels_for, room
-
-
-def _notifications_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
-    """/ws/notifications: the caller's own notifications and the broadcasts."""
-    return (lambda principal: notification_channels(principal.user)), None
-
-
-def _channels_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
-    """/ws?channels=room:lobby,notifications: any set on one connection, changed by frames."""
-    names = channel_list(request.args.get("channels"), svc.settings.max_channels_per_connection)
-    return (lambda principal: hub_channels(names, principal)), None
 
 
 async def _caller(svc: Services, request: Request, channels_for: ChannelsFor) -> Principal | None:
@@ -218,6 +204,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                 return
         # Subscribed here, not in a function of its own: one coroutine frame less per connection.
         channels = channels_for(principal)
+        del channels_for  # a closure: not kept for the connection's life
         try:
             async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
                                          connection_id=connection_id) as subscription:
@@ -227,7 +214,11 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                 connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room,
                                                  bridge, multi=multi)
                 await connection.greet(connection.welcome())
-                await connection.run(receive)
+                try:
+                    await connection.open()
+                    await connection.serve(receive)
+                finally:
+                    await connection.close()
         except BackendUnavailable:
             if not accepted:
                 await send({"type": "websocket.accept"})
@@ -238,16 +229,16 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
         svc.limits.release()
 
 
-chat = partial(_serve, plan=_room_plan, multi=False)
-notifications = partial(_serve, plan=_notifications_plan, multi=False)
-channels = partial(_serve, plan=_channels_plan, multi=True)
+chat = partial(_serve, plan=room_plan, multi=False)
+notifications = partial(_serve, plan=notifications_plan, multi=False)
+channels = partial(_serve, plan=set_plan, multi=True)
 
 
 class WebSocketConnection(LiveConnection):
     __slots__ = ("_changes",)
 
     transport = "websocket"
-    frame_attribute = "ws_frame"
+    frame_of = attrgetter("ws_frame")
     checks_silence = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
