@@ -36,10 +36,13 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+NO_SCOPES: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     user: str
-    scopes: frozenset[str] = frozenset()
+    scopes: frozenset[str] = NO_SCOPES
     rooms: tuple[str, ...] | None = None  # glob patterns; None = every room
     expires_at: float | None = None  # Unix time
     demo: bool = False  # from the demo login: publishes within the chat rate limit
@@ -83,7 +86,7 @@ class Principal:
         exp = claims.get("exp")
         return cls(
             user=sub,
-            scopes=frozenset(scope.split()),
+            scopes=frozenset(scope.split()) if scope else NO_SCOPES,  # an empty frozenset is 216 B
             rooms=None if rooms is None else tuple(rooms),
             expires_at=float(exp) if isinstance(exp, int | float) else None,
             demo=claims.get("demo") is True,

@@ -77,7 +77,7 @@ class Bridge:
     """One connection's stream in Hypercorn: its socket, its pings, its received bytes."""
 
     __slots__ = ("_stream", "_writer", "h11", "last_received", "on_too_big", "compressed", "_pinging",
-                 "_resetting")
+                 "_resetting", "_handle")
 
     def __init__(self, stream: Any, writer: asyncio.StreamWriter | None, h11: bool) -> None:
         self._stream = stream
@@ -88,6 +88,7 @@ class Bridge:
         self.compressed = False
         self._pinging: asyncio.Future[None] | None = None
         self._resetting: asyncio.Future[None] | None = None
+        self._handle: Callable[[Any], Awaitable[None]] | None = None  # WebSocket: the stream's own
 
     @classmethod
     def attach(cls, send: Callable[..., Awaitable[None]], *, websocket: bool = False,
@@ -124,13 +125,14 @@ class Bridge:
             handshake.extensions = None  # negotiate no extension: frames stay shared bytes
         if max_message_bytes:
             stream.buffer = MessageBuffer(max_message_bytes, self._too_big)
-        handle = stream.handle  # the bound method of this instance's class
+        self._handle = stream.handle  # the bound method of this instance's class
+        stream.handle = self._watched  # this stream only; it goes with the connection
 
-        async def watched(event: Any) -> None:
-            self.last_received = time.monotonic()
-            await handle(event)
-
-        stream.handle = watched  # this stream only; it goes with the connection
+    async def _watched(self, event: Any) -> None:
+        """Every event the peer sends the stream, noted as it goes by (a method, not a closure:
+        ~150 bytes less per connection)."""
+        self.last_received = time.monotonic()
+        await self._handle(event)  # type: ignore[misc]
 
     def _too_big(self) -> None:
         """Hypercorn has sent close 1009; a peer that does not answer it is dropped."""
