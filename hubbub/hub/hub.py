@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -42,9 +41,7 @@ MAX_USER_ID = 128
 
 
 def room_channel(room: str) -> str:
-    """``room:NAME``, one string per room however many connections hold it (interned strings
-    are freed with their last holder)."""
-    return sys.intern(f"room:{room}")
+    return f"room:{room}"
 
 
 def check_channel(channel: str) -> str:

@@ -9,6 +9,7 @@ resumes the whole set.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 
 from hubbub.auth import Principal
@@ -25,13 +26,19 @@ ChannelsFor = Callable[[Principal], tuple[str, ...]]  # the hub channels a calle
 Plan = Callable[[Services, Request], tuple[ChannelsFor, str | None]]
 
 
+def kept_room_channel(room: str) -> str:
+    """``room:NAME`` for a connection to keep: one string per room however many connections
+    hold it (interned strings are freed with their last holder). Not on the publish path."""
+    return sys.intern(room_channel(room))
+
+
 def room_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
     """``?room=NAME``: the room, for callers the token lets in."""
     room = valid_room(request.args.get("room"))
 
     def channels_for(principal: Principal) -> tuple[str, ...]:
         principal.require_room(room)
-        return (room_channel(room),)
+        return (kept_room_channel(room),)
 
     return channels_for, room
 
@@ -73,7 +80,7 @@ def hub_channels(names: Iterable[str], principal: Principal) -> tuple[str, ...]:
             channels += notification_channels(principal.user)
         else:
             principal.require_room(name[5:])
-            channels.append(room_channel(name[5:]))
+            channels.append(kept_room_channel(name[5:]))
     return tuple(channels)
 
 
