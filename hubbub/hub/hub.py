@@ -60,28 +60,26 @@ def user_channel(user: str) -> str:
 
 
 class Subscribing:
-    """What ``Hub.subscribe`` returns: an async context manager around one subscription.
+    """What ``Hub.subscribe`` returns: an async context manager around one subscription."""
 
-    A class rather than ``@asynccontextmanager``: it lives as long as the connection, and a
-    suspended generator with its context manager costs ~500 bytes against this one's ~140."""
-
-    __slots__ = ("_hub", "_channels", "_cursor", "_connection_id", "_opened")
+    __slots__ = ("_hub", "_channels", "_cursor", "_connection_id", "_subscription")
 
     def __init__(self, hub: Hub, channels: tuple[str, ...], cursor: str | None, connection_id: str) -> None:
         self._hub = hub
         self._channels = channels
         self._cursor = cursor
         self._connection_id = connection_id
-        self._opened: tuple[Subscription, asyncio.Task[None] | None] | None = None
+        self._subscription: Subscription | None = None
 
     async def __aenter__(self) -> Subscription:
-        self._opened = await self._hub._open(self._channels, self._cursor, self._connection_id)
-        return self._opened[0]
+        self._subscription = await self._hub.open_subscription(self._channels, cursor=self._cursor,
+                                                               connection_id=self._connection_id)
+        return self._subscription
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._opened is not None:
-            opened, self._opened = self._opened, None
-            await self._hub._close(*opened)
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            await self._hub.close_subscription(subscription)
 
 
 def notification_channels(user: str) -> tuple[str, str]:
@@ -100,6 +98,7 @@ class Hub:
         self._page_size = max(1, min(REPLAY_PAGE_MAX, outbox_size // 2))
         self._subscriptions: set[Subscription] = set()  # all of them, channels or not
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._replays: dict[Subscription, asyncio.Task[None]] = {}  # history still being replayed
         # One lock per channel: the first local subscriber subscribes at the backend
         # while later ones wait, and an unsubscribe never races a resubscribe.
         # Each entry counts its users so it is dropped when nobody holds or awaits it.
@@ -165,32 +164,39 @@ class Hub:
         """
         return Subscribing(self, tuple(channels), cursor, connection_id)
 
-    async def _open(self, channels: tuple[str, ...], cursor: str | None, connection_id: str,
-                    ) -> tuple[Subscription, asyncio.Task[None] | None]:
-        """A subscription and the task replaying the rest of its history, if any."""
+    async def open_subscription(self, channels: Iterable[str], *, cursor: str | None = None,
+                                connection_id: str = "") -> Subscription:
+        """``subscribe`` without the context manager, for a caller that keeps nothing it need
+        not (a live connection keeps its task's frames for hours, and an ``async with`` holds
+        two more objects): pair it with ``close_subscription`` in a ``finally``."""
         subscription = Subscription((), connection_id, self._outbox_size)
         parsed = Cursor.parse(cursor)
         if parsed is not None:
             subscription.hold()
         self._subscriptions.add(subscription)
-        replaying: asyncio.Task[None] | None = None
         try:
             for channel in dict.fromkeys(channels):
                 await self.add_channel(subscription, channel)
             if parsed is not None:  # the first page now, so the welcome can say `recovered`
                 after = await self._replay_page(subscription, parsed)
                 if after is not None:
-                    replaying = asyncio.create_task(self._replay_rest(subscription, after))
+                    replaying = self._replays[subscription] = asyncio.create_task(
+                        self._replay_rest(subscription, after))
+                    replaying.add_done_callback(lambda _: self._replays.pop(subscription, None))
         except BaseException:
-            await self._close(subscription, replaying)
+            await self.close_subscription(subscription)
             raise
-        return subscription, replaying
+        return subscription
 
-    async def _close(self, subscription: Subscription, replaying: asyncio.Task[None] | None) -> None:
+    async def close_subscription(self, subscription: Subscription) -> None:
+        """Ends what ``open_subscription`` opened (its replay too); once is enough."""
+        if subscription not in self._subscriptions:
+            return
         subscription.close()
         self._subscriptions.discard(subscription)
         self._retired_sent += subscription.sent
         self._changes += 1
+        replaying = self._replays.pop(subscription, None)
         if replaying is not None:
             replaying.cancel()
         for channel in subscription.channels:

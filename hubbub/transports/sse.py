@@ -98,7 +98,9 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
         try:
             started = False
             try:
-                async with svc.hub.subscribe(channels, cursor=cursor, connection_id=connection_id) as sub:
+                # Not ``async with hub.subscribe()``: two objects more kept for the stream's life.
+                sub = await svc.hub.open_subscription(channels, cursor=cursor, connection_id=connection_id)
+                try:
                     await send(start)
                     started = True
                     connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge,
@@ -107,9 +109,14 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                     await connection.greet(connection.welcome())
                     try:
                         await connection.open()
-                        await connection.serve(receive)
+                        # Reads the request's (empty) body until the peer is gone. Here, not in a
+                        # method: every coroutine frame in the chain lives as long as the stream.
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
                     finally:
                         await connection.close()
+                finally:
+                    await svc.hub.close_subscription(sub)
             except BackendUnavailable:
                 if not started:
                     await send(start)
@@ -183,7 +190,3 @@ class SSEConnection(LiveConnection):
         elif closing is BACKEND_DOWN:
             body = _retry_event(_BACKEND_DOWN_EVENT)
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def serve(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass  # the request's (empty) body

@@ -99,7 +99,8 @@ async def echo(svc: Services, request: Request, receive: Receive, send: Send) ->
             connection = EchoConnection(svc, None, subscription, request.scope, send, None, bridge)
             try:
                 await connection.open()
-                await connection.serve(receive)
+                while (event := await receive())["type"] != "websocket.disconnect":
+                    await connection.received(event)
             finally:
                 await connection.close()
     finally:
@@ -206,8 +207,11 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
         channels = channels_for(principal)
         del channels_for  # a closure: not kept for the connection's life
         try:
-            async with svc.hub.subscribe(channels, cursor=request.args.get("since"),
-                                         connection_id=connection_id) as subscription:
+            # Not ``async with hub.subscribe()``: the frame would keep two objects more for
+            # the connection's life.
+            subscription = await svc.hub.open_subscription(channels, cursor=request.args.get("since"),
+                                                           connection_id=connection_id)
+            try:
                 if not accepted:
                     await send({"type": "websocket.accept"})
                     accepted = True
@@ -216,9 +220,14 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                 await connection.greet(connection.welcome())
                 try:
                     await connection.open()
-                    await connection.serve(receive)
+                    # The read loop is here, not in a method: a live connection keeps every
+                    # coroutine frame of its task's chain for its whole life (~0.3 KB each).
+                    while (event := await receive())["type"] != "websocket.disconnect":
+                        await connection.received(event)
                 finally:
                     await connection.close()
+            finally:
+                await svc.hub.close_subscription(subscription)
         except BackendUnavailable:
             if not accepted:
                 await send({"type": "websocket.accept"})
@@ -266,33 +275,32 @@ class WebSocketConnection(LiveConnection):
     async def send_ending(self, closing: Closing) -> None:
         await self.send({"type": "websocket.close", "code": closing.code, "reason": closing.reason})
 
-    async def serve(self, receive: Receive) -> None:
-        sub, max_bytes = self.sub, self.svc.settings.max_message_bytes
-        while True:
-            if sub.backlog > REPLY_BACKLOG and self.closing is None:
-                try:
-                    async with asyncio.timeout(REPLY_WAIT_S):
-                        await sub.drained()
-                except TimeoutError:
-                    self.end(Closing(Close.TRY_AGAIN_LATER, "not reading replies: slow consumer"))
-            event = await receive()
-            if event["type"] == "websocket.disconnect":
-                return
-            if self.closing is not None:
-                continue  # our close frame is out: wait for the peer's
-            data = _data(event)
-            if too_big(data, max_bytes):  # the bridge refuses it sooner, where there is one
-                self.end(Closing(Close.TOO_LARGE, f"messages are limited to {max_bytes} bytes"))
-                continue
+    async def received(self, event: dict[str, Any]) -> None:
+        """One frame from the peer: handled (errors answered on the wire, never raised), then,
+        while its replies are backed up, the next frame waits (the caller reads it after)."""
+        if self.closing is not None:
+            return  # our close frame is out: wait for the peer's
+        data = _data(event)
+        max_bytes = self.svc.settings.max_message_bytes
+        if too_big(data, max_bytes):  # the bridge refuses it sooner, where there is one
+            self.end(Closing(Close.TOO_LARGE, f"messages are limited to {max_bytes} bytes"))
+            return
+        sub = self.sub
+        try:
+            await self.handle(data)
+        except HubError as error:
+            sub.send_frame(error.frame())
+        except Exception:
+            user = self.principal.user if self.principal is not None else None
+            log.exception("connection of user %s on %s failed", user,
+                          sub.channels[0] if sub.channels else "/ws/echo")
+            self.end(INTERNAL_ERROR)
+        if sub.backlog > REPLY_BACKLOG and self.closing is None:
             try:
-                await self.handle(data)
-            except HubError as error:
-                sub.send_frame(error.frame())
-            except Exception:
-                user = self.principal.user if self.principal is not None else None
-                log.exception("connection of user %s on %s failed", user,
-                              sub.channels[0] if sub.channels else "/ws/echo")
-                self.end(INTERNAL_ERROR)
+                async with asyncio.timeout(REPLY_WAIT_S):
+                    await sub.drained()
+            except TimeoutError:
+                self.end(Closing(Close.TRY_AGAIN_LATER, "not reading replies: slow consumer"))
 
     async def handle(self, data: str | bytes) -> None:
         frame = parse_frame(data)

@@ -2,7 +2,7 @@
 
 A live connection keeps every coroutine frame in its task's chain for its whole life, so
 the chain is part of its memory (docs/performance.md): hubbub's share of it is the
-endpoint's handler and the connection's read loop, nothing between them. The server runs
+endpoint's handler, which also reads the peer's frames, and nothing else. The server runs
 in-process, so the test can walk its tasks.
 """
 
@@ -40,18 +40,18 @@ def hubbub_frames(handler: str) -> list[list[str]]:
     return chains
 
 
-async def test_an_idle_websocket_keeps_two_coroutine_frames_of_hubbubs(live_server: LiveServer) -> None:
+async def test_an_idle_websocket_keeps_one_coroutine_frame_of_hubbubs(live_server: LiveServer) -> None:
     url = f"{live_server.ws_url}/ws/chat?room=lobby&token={live_server.token('ada')}"
     async with ws_connect(url) as ws:
         assert (await recv_json(ws))["type"] == "welcome"
-        assert hubbub_frames("_serve") == [["_serve", "WebSocketConnection.serve"]]
+        assert hubbub_frames("_serve") == [["_serve"]]
 
 
-async def test_an_idle_sse_stream_keeps_two_coroutine_frames_of_hubbubs(live_server: LiveServer) -> None:
+async def test_an_idle_sse_stream_keeps_one_coroutine_frame_of_hubbubs(live_server: LiveServer) -> None:
     async with live_server.http() as client, sse_connect(
             client, f"/sse/chat?room=lobby&token={live_server.token('ada')}") as stream:
         assert (await stream.next_json())["type"] == "welcome"
-        assert hubbub_frames("_serve") == [["_serve", "SSEConnection.serve"]]
+        assert hubbub_frames("_serve") == [["_serve"]]
 
 
 async def test_a_live_handler_that_fails_is_closed_1011_and_cleaned_up(

@@ -693,3 +693,35 @@ async def test_hub_counts_stay_true_across_closes_and_are_not_summed_again_while
             await hub.publish(LOBBY, {"type": "chat", "text": "2"})
             assert (hub.delivered(), hub.queued()) == (3, 1)
         assert hub.delivered() == 3
+
+
+async def test_hub_open_subscription_closed_stops_its_replay_and_unregisters(make_hub) -> None:
+    # The pair the live endpoints use instead of ``async with hub.subscribe()``: closing ends
+    # the replay still paging (nothing more reaches the subscription) and drops every entry.
+    hub = await make_hub(MemoryBackend(history_size=100), outbox_size=10)
+    sent = [await hub.publish(LOBBY, {"n": n}) for n in range(50)]
+    sub = await hub.open_subscription((LOBBY,), cursor=sent[0].id, connection_id="c1")
+    assert sub.channels == (LOBBY,)
+    assert len(hub._replays) == 1  # the first page is queued; the rest waits for the reader
+    replay = hub._replays[sub]
+    await hub.close_subscription(sub)
+    await hub.close_subscription(sub)  # a second close is a no-op
+    async with asyncio.timeout(TIMEOUT_S):
+        await asyncio.wait([replay])
+    assert replay.cancelled()
+    assert sub.closed and not hub._replays
+    assert dict(hub.subscriber_counts()).get(LOBBY, 0) == 0
+
+
+async def test_hub_open_subscription_replay_done_is_forgotten(make_hub) -> None:
+    hub = await make_hub(MemoryBackend(history_size=100), outbox_size=10)
+    sent = [await hub.publish(LOBBY, {"n": n}) for n in range(20)]
+    sub = await hub.open_subscription([LOBBY], cursor=sent[0].id)
+    try:
+        replay = hub._replays[sub]
+        assert [body(m)["n"] for m in await take(sub, 19)] == list(range(1, 20))
+        async with asyncio.timeout(TIMEOUT_S):
+            await asyncio.wait([replay])
+        assert not hub._replays  # the task dropped its entry as it ended
+    finally:
+        await hub.close_subscription(sub)
