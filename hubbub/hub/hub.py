@@ -174,9 +174,12 @@ class Hub:
         if parsed is not None:
             subscription.hold()
         self._subscriptions.add(subscription)
+        wanted = tuple(channels)
         try:
-            for channel in dict.fromkeys(channels):
+            for channel in dict.fromkeys(wanted):
                 await self.add_channel(subscription, channel)
+            if subscription.channels == wanted:  # the caller's tuple, not an equal one beside it
+                subscription.channels = wanted
             if parsed is not None:  # the first page now, so the welcome can say `recovered`
                 after = await self._replay_page(subscription, parsed)
                 if after is not None:

@@ -6,7 +6,7 @@ SSE end of stream) and the client resumes from history.
 
 Two ways to consume: a live connection ``attach``es its socket writer
 (transports/socket_writer.py, ``DirectWriter.try_write``: a message goes straight to the
-socket while it takes it, else it is queued here) and a callback told when something is
+socket while it takes it, else it is queued here) and a listener told when something is
 queued or the subscription ended, then ``take()``s; server-side code awaits
 ``next_batch()``. Idle subscriptions hold no asyncio objects: the events behind the
 awaitable API are made on first use. docs/architecture.md follows one message through.
@@ -17,8 +17,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from hubbub.hub.message import History, Message
+
+
+class Listener(Protocol):
+    def on_ready(self) -> None: ...
 
 
 class SlowConsumer(Exception):
@@ -30,7 +35,7 @@ class Subscription:
 
     __slots__ = (
         "channels", "connection_id", "recovered", "_outbox", "_maxsize", "_changed",
-        "_held", "held_drops", "sent", "_epoch", "_last_seq", "overflowed", "closed", "on_ready", "write_now",
+        "_held", "held_drops", "sent", "_epoch", "_last_seq", "overflowed", "closed", "listener", "write_now",
     )
 
     def __init__(self, channels: tuple[str, ...], connection_id: str, maxsize: int) -> None:
@@ -47,8 +52,9 @@ class Subscription:
         self._last_seq = 0
         self.overflowed = False
         self.closed = False
-        # Set by the transport: called when the outbox turns non-empty, overflows or closes.
-        self.on_ready: Callable[[], None] | None = None
+        # Set by the transport: told (``on_ready()``) when the outbox turns non-empty, overflows
+        # or closes. The connection itself, not a bound method: one object less per connection.
+        self.listener: Listener | None = None
         # Set by the transport: writes a message at once if the socket can take it (no task
         # switch per message); returns False when it must be queued instead.
         self.write_now: Callable[[Message], bool] | None = None
@@ -103,18 +109,19 @@ class Subscription:
         for message in frames:
             self.offer(message)
 
-    def attach(self, on_ready: Callable[[], None], write_now: Callable[[Message], bool] | None) -> None:
+    def attach(self, listener: Listener, write_now: Callable[[Message], bool] | None) -> None:
         """Connects a live connection: ``write_now`` writes a message at once if the socket
-        takes it (False: queue it), ``on_ready`` hears of a queue, an overflow or the end."""
+        takes it (False: queue it), ``listener.on_ready()`` hears of a queue, an overflow or
+        the end."""
         self.write_now = write_now
-        self.on_ready = on_ready
+        self.listener = listener
 
     def stop_writing(self) -> None:
         """From now on everything is queued (the connection is ending)."""
         self.write_now = None
 
     def detach(self) -> None:
-        self.write_now = self.on_ready = None
+        self.write_now = self.listener = None
 
     def send_frame(self, frame: str | Message) -> None:
         """Queues a frame of this connection's own (ack, error, pong; JSON text or an encoded
@@ -193,8 +200,8 @@ class Subscription:
     def _signal(self) -> None:
         if self._changed is not None:
             self._changed.set()
-        if self.on_ready is not None:
-            self.on_ready()
+        if self.listener is not None:
+            self.listener.on_ready()
 
     def take(self) -> list[Message]:
         """Everything queued, oldest first, without waiting ([] if nothing is).

@@ -34,7 +34,7 @@ def kept_room_channel(room: str) -> str:
 
 def room_plan(svc: Services, request: Request) -> tuple[ChannelsFor, str | None]:
     """``?room=NAME``: the room, for callers the token lets in."""
-    room = valid_room(request.args.get("room"))
+    room = sys.intern(valid_room(request.args.get("room")))  # kept by the connection: one per room
 
     def channels_for(principal: Principal) -> tuple[str, ...]:
         principal.require_room(room)

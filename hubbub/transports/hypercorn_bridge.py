@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 from hubbub.hub.message import Message
 from hubbub.transports.socket_writer import DirectWriter, WriteBatcher
@@ -73,10 +73,14 @@ def status() -> tuple[bool, str]:
     return True, f"Hypercorn {installed}"
 
 
+class TooBigListener(Protocol):
+    def too_big(self) -> None: ...
+
+
 class Bridge:
     """One connection's stream in Hypercorn: its socket, its pings, its received bytes."""
 
-    __slots__ = ("_stream", "_writer", "h11", "last_received", "on_too_big", "compressed", "_pinging",
+    __slots__ = ("_stream", "_writer", "h11", "last_received", "listener", "compressed", "_pinging",
                  "_resetting")
 
     def __init__(self, stream: Any, writer: asyncio.StreamWriter | None, h11: bool) -> None:
@@ -84,7 +88,9 @@ class Bridge:
         self._writer = writer
         self.h11 = h11  # HTTP/1.1: this request owns the TCP connection
         self.last_received = time.monotonic()
-        self.on_too_big: Callable[[], None] | None = None
+        # Told (``too_big()``) when the peer sends a message over the limit: the connection
+        # itself, not a bound method of it (64 B less per connection).
+        self.listener: TooBigListener | None = None
         self.compressed = False
         self._pinging: asyncio.Future[None] | None = None
         self._resetting: asyncio.Future[None] | None = None
@@ -135,8 +141,8 @@ class Bridge:
 
     def too_big(self) -> None:
         """Hypercorn has sent close 1009; a peer that does not answer it is dropped."""
-        if self.on_too_big is not None:
-            self.on_too_big()
+        if self.listener is not None:
+            self.listener.too_big()
         asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.abort)
 
     def idle_for(self) -> float:
@@ -224,7 +230,7 @@ class MessageBuffer:
     __slots__ = ("_parts", "_text", "length", "max_length", "_too_big", "_bridge")
 
     def __init__(self, max_length: int, bridge: Bridge) -> None:
-        self._parts: list[Any] = []
+        self._parts: list[Any] | None = None  # made per message: an idle connection keeps none
         self._text: bool | None = None
         self.length = 0
         self.max_length = max_length
@@ -245,15 +251,19 @@ class MessageBuffer:
         else:
             self.length += len(data)
         if self.length > self.max_length:
-            self._too_big, self._parts = True, []
+            self._too_big, self._parts = True, None
             self._bridge.too_big()
             raise FrameTooLargeError
-        self._parts.append(data)
+        if self._parts is None:
+            self._parts = [data]
+        else:
+            self._parts.append(data)
 
     def clear(self) -> None:
-        self._parts, self._text, self.length = [], None, 0
+        self._parts, self._text, self.length = None, None, 0
 
     def to_message(self) -> dict[str, Any]:
+        parts = self._parts or ()
         if self._text:
-            return {"type": "websocket.receive", "bytes": None, "text": "".join(self._parts)}
-        return {"type": "websocket.receive", "bytes": b"".join(self._parts), "text": None}
+            return {"type": "websocket.receive", "bytes": None, "text": "".join(parts)}
+        return {"type": "websocket.receive", "bytes": b"".join(parts), "text": None}

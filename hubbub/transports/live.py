@@ -142,17 +142,19 @@ class LiveConnection:
                              extra={"fields": fields})
         for subscribed in self.sub.channels:
             metrics.subscriptions.labels(channel_kind(subscribed)).inc()
-        self.sub.attach(self._on_ready, self.direct.try_write if self.direct is not None else None)
+        self.sub.attach(self, self.direct.try_write if self.direct is not None else None)
         if self.bridge is not None:
-            self.bridge.on_too_big = self.too_big
+            self.bridge.listener = self
         if self.sub.backlog or self.sub.ended:  # a replay queued before we listened
-            self._on_ready()
+            self.on_ready()
         self._schedule(first=True)
         try:
             for room in [c for c in self.sub.channels if c.startswith("room:")]:
                 await self.join(room)
         except BackendUnavailable:
             self.end(BACKEND_DOWN)
+        if self.joined == self.sub.channels:  # /ws/chat, /sse/chat: one tuple kept, not two equal ones
+            self.joined = self.sub.channels
 
     async def close(self) -> None:
         """Undoes ``open`` once the peer is gone: leaves its rooms; never raises for the peer."""
@@ -166,7 +168,7 @@ class LiveConnection:
             metrics.subscriptions.labels(channel_kind(subscribed)).dec()
         self.sub.detach()
         if self.bridge is not None:
-            self.bridge.on_too_big = None
+            self.bridge.listener = None
         if self.direct is not None:
             self.direct.close()
         if self._due is not None:
@@ -248,7 +250,8 @@ class LiveConnection:
 
     # -- outbox ------------------------------------------------------------------------
 
-    def _on_ready(self) -> None:
+    def on_ready(self) -> None:
+        """The subscription queued a message, overflowed or ended."""
         sub = self.sub
         if self.closing is not None:
             return
@@ -276,7 +279,7 @@ class LiveConnection:
         except (OSError, RuntimeError):
             self.end(PEER_GONE)
         except SlowConsumer:
-            pass  # _on_ready has ended the connection
+            pass  # on_ready has ended the connection
         finally:
             self._flusher = None
 

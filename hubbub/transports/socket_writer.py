@@ -89,7 +89,8 @@ class DirectWriter:
 
     def flush(self) -> None:
         """Writes this turn's frames (the batcher calls it at the end of the turn)."""
-        pending, self._pending, self._pending_bytes = self._pending, None, 0
+        # (_room back to 0 too: a cached small int, not an int object kept per idle connection)
+        pending, self._pending, self._pending_bytes, self._room = self._pending, None, 0, 0
         if pending and self._writable():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 

@@ -145,6 +145,18 @@ async def test_websocket_fragmented_message_over_the_limit_closed_1009(live_serv
         ws.close()
 
 
+@pytest.mark.parametrize("pieces", [["héllo ", "wör", "ld"], [b"\x00\x01", b"\x02", b"\xff"]],
+                         ids=["text", "binary"])
+async def test_websocket_fragmented_messages_under_the_limit_arrive_whole(
+        live_server: LiveServer, pieces: list[Any]) -> None:
+    # The size-limiting buffer keeps no list between messages: each one starts afresh.
+    async with ws_connect(f"{live_server.ws_url}/ws/echo") as ws:
+        for _ in range(2):
+            await ws.send(iter(pieces))  # one message, a frame per piece
+            async with asyncio.timeout(TIMEOUT_S):
+                assert await ws.recv() == pieces[0][:0].join(pieces)
+
+
 async def test_websocket_limit_holds_under_the_hypercorn_command_line() -> None:
     # The Procfile, `make run` and a plain `hypercorn 'app:create_app()'` all serve this way.
     async with hypercorn({}) as server:
