@@ -64,6 +64,7 @@ class Plan:
     scale_out_target: float = 1.7
     idle_many: int = 15_000  # --only idle: connections per process (the hard fd limit here is 20,000)
     idle_many_s: float = 30.0  # ... and how long they sit idle while the server's CPU is read (2 beats)
+    idle_settle_s: float = 5.5  # ... after connecting's last presence frame (PRESENCE_INTERVAL 5 s)
 
     @property
     def latency_rate(self) -> float:
@@ -81,7 +82,7 @@ QUICK = Plan(quick=True, runs=1, subscribers=200, idle_subscribers=500, latency_
              # memory per connection: --only idle measures it (floor, baseline, Node, hubbub)
              memory_transports=(),
              scale_out_runs=0, scale_out_budget_s=40, scale_out_precision=1.25,
-             scale_out_saturation_s=1.0, idle_many=500, idle_many_s=2.0)
+             scale_out_saturation_s=1.0, idle_many=500, idle_many_s=2.0, idle_settle_s=0.0)
 
 
 def kinds(transport: str, n: int) -> list[str]:
@@ -219,7 +220,8 @@ async def idle_life(spec: ServerSpec, plan: Plan, log_dir: Path) -> dict[str, An
     """``plan.idle_many`` idle subscribers, half SSE and half WebSocket, each its own user:
     the seconds to accept them, RSS per connection, and the server's CPU while they sit idle
     for ``plan.idle_many_s`` (heartbeats, WebSocket pings and the silence checks at the
-    default HEARTBEAT_INTERVAL and IDLE_TIMEOUT), as a share of one core."""
+    default HEARTBEAT_INTERVAL and IDLE_TIMEOUT), as a share of one core, from
+    ``plan.idle_settle_s`` after the last connect (connecting's presence frame is out)."""
     server = await _start(spec, plan, log_dir)
     session = Session(server)
     try:
@@ -232,6 +234,10 @@ async def idle_life(spec: ServerSpec, plan: Plan, log_dir: Path) -> dict[str, An
         cpu_pct: float | None = None  # a server that sends nothing at rest: no timer to measure
         idle_s = plan.idle_many_s if spec.beats else 0.0  # (measured 0.0% each time it was)
         if spec.beats:
+            # Connecting is over only once its last presence frame went out (hubbub gathers the
+            # joins of a crowded room for PRESENCE_INTERVAL, 5 s): that fan-out is not idling.
+            await asyncio.sleep(plan.idle_settle_s)
+            await server.wait_idle(quiet_s=0.5, timeout_s=15.0)
             cpu0, start = server.cpu_s(), time.monotonic()
             await asyncio.sleep(idle_s)  # the load is time itself: connections sitting idle
             cpu_pct = round(100 * (server.cpu_s() - cpu0) / (time.monotonic() - start), 2)
