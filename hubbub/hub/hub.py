@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from operator import attrgetter
 from typing import Any
 
-from hubbub.hub.backends.base import Backend, BackendUnavailable
+from hubbub.hub.backends.base import Backend, BackendUnavailable, Bucket
 from hubbub.hub.crowds import Crowds
 from hubbub.hub.message import Cursor, Frames, Message, encode_body, message_age_s, presence_frame
 from hubbub.hub.outbox import Subscription
@@ -133,15 +133,18 @@ class Hub:
 
     async def publish(
         self, channel: str, message: dict[str, Any], *, sender: str | None = None,
-        origin: str | None = None,
+        origin: str | None = None, within: Bucket | None = None,
     ) -> Message:
         """Stamps ``message`` and sends it to every subscriber of ``channel`` on every process.
 
-        Raises ValueError for a malformed channel (see ``check_channel``) or a message that is
-        not a JSON object."""
+        ``within``: only if a token can be taken from this bucket, in the same step (Throttled
+        if not, nothing published). Raises ValueError for a malformed channel (see
+        ``check_channel``) or a message that is not a JSON object."""
         if not isinstance(message, dict):
             raise ValueError(f"a message is a dict (a JSON object), got {type(message).__name__}")
         body = encode_body(check_channel(channel), message, sender)
+        if within is not None:
+            return await self.backend.publish_within(within, channel, body, origin)
         return await self.backend.publish(channel, body, origin)
 
     async def notify(self, user: str, data: Any) -> Message:

@@ -26,7 +26,7 @@ from hubbub.errors import (
     Unauthorized,
     Unavailable,
 )
-from hubbub.hub.backends.base import BackendUnavailable
+from hubbub.hub.backends.base import BackendUnavailable, Bucket, Throttled
 from hubbub.hub.hub import ROOM_NAME, Hub, room_channel
 from hubbub.hub.message import Message, dumps
 from hubbub.limits import ConnectionLimits
@@ -261,57 +261,83 @@ def count_published(svc: Services, principal: Principal, channel: str) -> None:
     svc.metrics.published.labels(publish_source(principal), channel_kind(channel)).inc()
 
 
-async def take_token(svc: Services, key: str, rate_per_s: float, burst: int, what: str,
-                     cost: int = 1) -> None:
-    """Takes ``cost`` tokens from ``key``'s bucket, or refuses ``what`` with 429 / error rate_limited."""
-    if cost > burst:
-        raise RateLimited(f"{cost} at once is more than the burst of {burst}: send fewer")
+async def take_token(svc: Services, bucket: Bucket, what: str) -> None:
+    """Takes ``bucket.cost`` tokens, or refuses ``what`` with 429 / error rate_limited."""
+    _check_cost(bucket)
     try:
-        wait_s = await svc.hub.backend.take_token(key, rate_per_s, burst, cost)
+        wait_s = await svc.hub.backend.take_token(bucket.key, bucket.rate_per_s, bucket.burst,
+                                                  bucket.cost)
     except BackendUnavailable:
         raise Unavailable("the rate-limit backend is unreachable; retry later", retry_after=2) from None
     if wait_s > 0:
-        svc.metrics.dropped.labels("rate_limited").inc()
-        raise RateLimited(f"slow down: next {what} allowed in {wait_s:.1f} s", retry_after=wait_s)
+        raise _rate_limited(svc, what, wait_s)
 
 
-async def limit_chat(svc: Services, principal: Principal) -> None:
+def _check_cost(bucket: Bucket) -> None:
+    if bucket.cost > bucket.burst:
+        raise RateLimited(f"{bucket.cost} at once is more than the burst of {bucket.burst}: send fewer")
+
+
+def _rate_limited(svc: Services, what: str, wait_s: float) -> RateLimited:
+    svc.metrics.dropped.labels("rate_limited").inc()
+    return RateLimited(f"slow down: next {what} allowed in {wait_s:.1f} s", retry_after=wait_s)
+
+
+def chat_bucket(svc: Services, principal: Principal) -> tuple[Bucket, str]:
     """The chat rate of a user, shared by WebSocket and POST (and by demo-login publishers);
-    an API key (a backend's bot) posts within its own limit."""
+    an API key (a backend's bot) posts within its own limit. With what it limits, for errors."""
     if principal.api_key:
-        await limit_publisher(svc, principal)
-        return
+        return publisher_bucket(svc, principal)
     s = svc.settings
-    await take_token(svc, f"rate:{principal.user}", s.rate_limit_per_second, s.rate_limit_burst,
-                     "message")
+    return Bucket(f"rate:{principal.user}", s.rate_limit_per_second, s.rate_limit_burst), "message"
 
 
-async def limit_publisher(svc: Services, principal: Principal, cost: int = 1) -> None:
+def publisher_bucket(svc: Services, principal: Principal, cost: int = 1) -> tuple[Bucket, str]:
     """The rate of a publisher (notifications, /api/publish; ``cost`` events at once): an API
     key's own limit, a token's (scope notify or publish), and the chat limit for a demo-login
     token, which is anyone's for the asking."""
     s = svc.settings
     if principal.api_key:
-        await take_token(svc, f"publish:key:{principal.user}", s.api_key_rate_limit_per_second,
-                         s.api_key_rate_limit_burst, "publish", cost)
-    elif principal.demo:
-        await take_token(svc, f"rate:{principal.user}", s.rate_limit_per_second, s.rate_limit_burst,
-                         "message", cost)
-    else:
-        await take_token(svc, f"publish:{principal.user}", s.publish_rate_limit_per_second,
-                         s.publish_rate_limit_burst, "publish", cost)
+        return Bucket(f"publish:key:{principal.user}", s.api_key_rate_limit_per_second,
+                      s.api_key_rate_limit_burst, cost), "publish"
+    if principal.demo:
+        return Bucket(f"rate:{principal.user}", s.rate_limit_per_second, s.rate_limit_burst,
+                      cost), "message"
+    return Bucket(f"publish:{principal.user}", s.publish_rate_limit_per_second,
+                  s.publish_rate_limit_burst, cost), "publish"
+
+
+async def limit_publisher(svc: Services, principal: Principal, cost: int = 1) -> None:
+    await take_token(svc, *publisher_bucket(svc, principal, cost))
+
+
+async def publish_limited(svc: Services, principal: Principal, channel: str, message: dict[str, Any],
+                          limit: tuple[Bucket, str], *, sender: str | None,
+                          origin: str | None = None) -> Message:
+    """The rate limit, the ``on_publish`` hook and the publish. Without a hook the limit and
+    the publish are one backend call (on Redis one round trip, not two); with one, the limit
+    comes first, so a client over its rate never reaches the host app's hook."""
+    bucket, what = limit
+    hub = svc.hub
+    try:
+        if svc.publish_hook is None:
+            _check_cost(bucket)
+            try:
+                return await hub.publish(channel, message, sender=sender, origin=origin, within=bucket)
+            except Throttled as throttled:
+                raise _rate_limited(svc, what, throttled.wait_s) from None
+        await take_token(svc, bucket, what)
+        message = await checked_by_hook(svc, principal, channel, message)
+        return await hub.publish(channel, message, sender=sender, origin=origin)
+    except BackendUnavailable:
+        raise Unavailable("the message backend is unreachable; retry later", retry_after=2) from None
 
 
 async def publish_chat(svc: Services, principal: Principal, room: str, text: str,
                        origin: str | None = None) -> Message:
     """Publishes a chat message within the user's rate limit (shared by WebSocket and POST)."""
     principal.require_room(room)
-    await limit_chat(svc, principal)
-    channel = room_channel(room)
-    body = await checked_by_hook(svc, principal, channel, {"type": "chat", "text": text})
-    try:
-        message = await svc.hub.publish(channel, body, sender=principal.user, origin=origin)
-    except BackendUnavailable:
-        raise Unavailable("the message backend is unreachable; retry later", retry_after=2) from None
+    message = await publish_limited(svc, principal, room_channel(room), {"type": "chat", "text": text},
+                                    chat_bucket(svc, principal), sender=principal.user, origin=origin)
     svc.metrics.published.labels(publish_source(principal, origin), "room").inc()
     return message

@@ -9,15 +9,15 @@ from quart import Blueprint, Response, g, request
 
 from hubbub.auth import Principal, issue_ticket
 from hubbub.errors import BadRequest, Forbidden, TooLarge, Unauthorized, Unavailable
-from hubbub.hub.backends.base import BackendUnavailable
+from hubbub.hub.backends.base import BackendUnavailable, Bucket
 from hubbub.hub.hub import BROADCAST, room_channel, user_channel
 from hubbub.hub.message import Cursor, dumps
 from hubbub.transports.common import (
     Services,
-    checked_by_hook,
     count_published,
-    limit_publisher,
     publish_chat,
+    publish_limited,
+    publisher_bucket,
     require_principal,
     services,
     take_token,
@@ -144,7 +144,6 @@ async def post_notification() -> Response:
     svc = services()
     principal = await current_principal(svc)
     principal.require_scope("notify")
-    await limit_publisher(svc, principal)
     raw = await request_body(svc)
     mimetype = (request.content_type or "").split(";", 1)[0].strip().lower()
     if mimetype in ("text/plain", "application/x-www-form-urlencoded", ""):
@@ -163,12 +162,8 @@ async def post_notification() -> Response:
     if to_all is True and user is not None:
         raise BadRequest('give either "user" or "broadcast": true, not both (?user=ID or ?broadcast=1)')
     channel = BROADCAST if to_all is True else user_channel(user)  # type: ignore[arg-type]
-    notification = await checked_by_hook(svc, principal, channel,
-                                         {"type": "notification", "data": body["data"]})
-    try:
-        message = await svc.hub.publish(channel, notification)
-    except BackendUnavailable:
-        raise Unavailable("the message backend is unreachable", retry_after=2) from None
+    message = await publish_limited(svc, principal, channel, {"type": "notification", "data": body["data"]},
+                                    publisher_bucket(svc, principal), sender=None)
     count_published(svc, principal, channel)
     return _json({"id": message.id}, 202)
 
@@ -180,8 +175,8 @@ async def post_ticket() -> Response:
     left = principal.seconds_left()
     if left is not None and left <= 0:  # within the verify leeway, but its ticket would be refused
         raise Unauthorized("token expired")
-    await take_token(svc, f"tickets:{principal.user}", TICKETS_PER_S,
-                     2 * svc.settings.max_connections_per_user, "ticket")
+    await take_token(svc, Bucket(f"tickets:{principal.user}", TICKETS_PER_S,
+                                 2 * svc.settings.max_connections_per_user), "ticket")
     try:
         ticket = await issue_ticket(svc.hub.backend, principal)
     except BackendUnavailable:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio import ConnectionError as RedisConnectionError
 
 import hubbub.hub.backends.redis as redis_backend
-from hubbub.hub.backends.base import Backend, BackendUnavailable
+from hubbub.hub.backends.base import Backend, BackendUnavailable, Bucket, Throttled
 from hubbub.hub.backends.redis import RedisBackend
 from hubbub.hub.message import Cursor, History, Message, dumps
 from tests.backends.conftest import REDIS_URL, Inbox, MakeBackend, RedisServer, poll
@@ -293,6 +293,36 @@ async def test_take_token_cost_takes_several_at_once(backend: Backend) -> None:
     assert await backend.take_token("batch", 0.01, 10, cost=3) == 0.0
 
 
+async def test_publish_within_publishes_while_the_bucket_has_tokens_and_nothing_after(
+    backend: Backend, inbox: Inbox
+) -> None:
+    await backend.subscribe("room:a")
+    bucket = Bucket("ann", 0.01, 2)
+    published = [await backend.publish_within(bucket, "room:a", body(n=n), origin="c1") for n in (1, 2)]
+
+    with pytest.raises(Throttled) as refused:
+        await backend.publish_within(bucket, "room:a", body(n=3))
+    after = await backend.publish("room:a", body(n=4))  # unlimited: goes out
+
+    assert 99 < refused.value.wait_s <= 100.1  # one token at 0.01/s
+    delivered = await inbox.wait_for(3)
+    assert ids(delivered) == ids([*published, after])
+    assert [m.origin for m in delivered] == ["c1", "c1", None]
+    history = await backend.history(["room:a"], None, 10)
+    assert [json.loads(m.json)["n"] for m in history.messages] == [1, 2, 4]
+    assert await backend.take_token("ann", 0.01, 2) > 0  # the same bucket as take_token's
+
+
+async def test_publish_within_takes_its_cost(backend: Backend) -> None:
+    await backend.publish_within(Bucket("batch", 0.01, 10, cost=7), "room:a", body(n=1))
+
+    with pytest.raises(Throttled) as refused:
+        await backend.publish_within(Bucket("batch", 0.01, 10, cost=7), "room:a", body(n=2))
+
+    assert 399 < refused.value.wait_s < 401  # 3 left: 4 short
+    assert await backend.take_token("batch", 0.01, 10, cost=3) == 0.0
+
+
 async def test_idempotency_claim_new_pending_done_mismatch(backend: Backend) -> None:
     assert await backend.idempotency_claim("k", "fp1", "n1", 60) == ("new", None)
     assert await backend.idempotency_claim("k", "fp1", "n1", 60) == ("new", None)  # its own retry
@@ -501,6 +531,29 @@ async def test_redis_take_token_retried_after_a_lost_reply_takes_one_token(
     assert lost  # the reply was lost once and the call retried
     assert await backend.take_token("ann", 0.001, 2) == 0.0  # the second of two tokens
     assert await backend.take_token("ann", 0.001, 2) > 0.0
+
+
+@pytest.mark.redis
+async def test_redis_publish_within_retried_after_a_lost_reply_publishes_once_takes_one_token(
+    make_redis: MakeRedis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inbox = Inbox()
+    backend = await started(make_redis(), inbox)
+    await backend.subscribe("room:a")
+    bucket = Bucket("ann", 0.001, 2)
+    await backend.publish_within(Bucket("warm-up", 1.0, 1), "room:w", body(n=0))  # now EVALSHA
+    lost = lose_next_reply(backend, monkeypatch)
+
+    first = await backend.publish_within(bucket, "room:a", body(n=1))
+
+    assert lost  # the reply was lost once and the call retried: same id, one token
+    assert lost[0] == str([first.epoch, first.seq])
+    second = await backend.publish_within(bucket, "room:a", body(n=2))
+    with pytest.raises(Throttled):
+        await backend.publish_within(bucket, "room:a", body(n=3))
+    assert ids(await inbox.wait_for(2)) == [first.id, second.id]
+    assert ids((await backend.history(["room:a"], None, 10)).messages) == [first.id, second.id]
+    await backend.close()
 
 
 @pytest.mark.redis

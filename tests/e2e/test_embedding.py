@@ -266,6 +266,32 @@ async def test_on_publish_sees_notifications_posted_not_server_code() -> None:
     assert seen == ["user:bob"]
 
 
+async def test_on_publish_is_not_reached_by_a_client_over_its_rate() -> None:
+    seen: list[str] = []
+
+    async def check(principal: Principal, channel: str, message: dict[str, Any]) -> dict[str, Any]:
+        seen.append(message["text"])
+        return message
+
+    app = host_app()
+    rt = Hubbub(app, url_prefix="/rt", settings=Settings(jwt_secret=SECRET, rate_limit_burst=2,
+                                                          rate_limit_per_second=0.01))
+    rt.on_publish(check)
+    token = make_token("alice")
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        replies = [await client.post("/rt/api/rooms/lobby/messages", json={"text": f"m{n}"},
+                                     headers=bearer(token)) for n in range(3)]
+        async with ws_connect(f"{url.replace('http', 'ws')}/rt/ws/chat?room=lobby&token={token}") as ws:
+            assert (await recv_json(ws))["type"] == "welcome"
+            await ws.send('{"type":"chat","text":"m3","ref":"r3"}')
+            refused = await recv_until(ws, "error")
+
+    assert [r.status_code for r in replies] == [202, 202, 429]
+    assert replies[2].json()["error"] == "rate_limited"
+    assert (refused["code"], refused["ref"]) == ("rate_limited", "r3")
+    assert seen == ["m0", "m1"]
+
+
 @pytest.mark.parametrize("channel", ["lobby", "room:", "room:no spaces", "user:", "users:bob", ""])
 async def test_publish_to_a_malformed_channel_raises_at_once(channel: str) -> None:
     rt = Hubbub(settings=Settings(jwt_secret=SECRET))

@@ -7,6 +7,7 @@ Knows nothing about sockets or transports. ``memory`` is its executable spec;
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from hubbub.hub.message import Cursor, History, Message
@@ -16,6 +17,25 @@ Deliver = Callable[[Message], None]
 
 class BackendUnavailable(Exception):
     """The backend cannot be reached; nothing was published (HTTP 503, close 1013)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A token bucket shared by every process: ``rate_per_s`` tokens a second, up to
+    ``burst``; one call takes ``cost``."""
+
+    key: str
+    rate_per_s: float
+    burst: int
+    cost: int = 1
+
+
+class Throttled(Exception):
+    """The bucket was short: nothing was published. ``wait_s``: until it has the tokens."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"throttled: the tokens are there in {wait_s:.3f} s")
+        self.wait_s = wait_s
 
 
 class Backend(Protocol):
@@ -42,6 +62,12 @@ class Backend(Protocol):
         Either the message is retained and delivered, or BackendUnavailable is raised
         and it went nowhere.
         """
+
+    async def publish_within(self, bucket: Bucket, channel: str, body_json: str,
+                             origin: str | None = None) -> Message:
+        """``take_token`` from ``bucket``, then ``publish``, as one atomic step (on Redis one
+        script call: one round trip instead of two). Raises Throttled, nothing published,
+        when the bucket is short."""
 
     async def publish_live(self, channel: str, body_json: str) -> None:
         """Delivers to every process without an id and without history (join, leave). At most once."""

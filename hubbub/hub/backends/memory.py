@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from hubbub.hub.backends.base import Deliver
+from hubbub.hub.backends.base import Bucket, Deliver, Throttled
 from hubbub.hub.message import Cursor, History, Message, format_id, with_id
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,13 @@ class MemoryBackend:
         if self._deliver is not None and channel in self._subscribed:
             self._deliver(message)
         return message
+
+    async def publish_within(self, bucket: Bucket, channel: str, body_json: str,
+                             origin: str | None = None) -> Message:
+        wait = await self.take_token(bucket.key, bucket.rate_per_s, bucket.burst, bucket.cost)
+        if wait > 0:
+            raise Throttled(wait)
+        return await self.publish(channel, body_json, origin)
 
     async def publish_live(self, channel: str, body_json: str) -> None:
         if self._deliver is not None and channel in self._subscribed:

@@ -23,7 +23,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from hubbub.hub.backends.base import BackendUnavailable, Deliver
+from hubbub.hub.backends.base import BackendUnavailable, Bucket, Deliver, Throttled
 from hubbub.hub.backends.redis_pipeline import AutoPipeline
 from hubbub.hub.backends.redis_scripts import (
     CONNECTIONS_LUA,
@@ -33,6 +33,7 @@ from hubbub.hub.backends.redis_scripts import (
     IDEMPOTENCY_RELEASE_LUA,
     PRESENCE_LUA,
     PUBLISH_LUA,
+    PUBLISH_WITHIN_LUA,
     TAKE_TOKEN_LUA,
     publish_call,
 )
@@ -105,6 +106,7 @@ class RedisBackend:
         self._presence_ttl_ms = int(presence_ttl_s * 1000)
         self._clock = f"{prefix}clock"
         self._publish = self._client.register_script(PUBLISH_LUA)
+        self._publish_within = self._client.register_script(PUBLISH_WITHIN_LUA)
         self._history = self._client.register_script(HISTORY_LUA)
         self._presence = self._client.register_script(PRESENCE_LUA)
         self._take_token = self._client.register_script(TAKE_TOKEN_LUA)
@@ -204,6 +206,18 @@ class RedisBackend:
                                   history_ttl_s=self._ttl_s, origin=origin)
         with _unavailable():
             epoch, seq = await self._batch.script(self._publish, keys, args)
+        return Message(channel, with_id(format_id(epoch, seq), body_json), seq, epoch, origin)
+
+    async def publish_within(self, bucket: Bucket, channel: str, body_json: str,
+                             origin: str | None = None) -> Message:
+        keys, args = publish_call(self._prefix, channel, body_json, history_size=self._size,
+                                  history_ttl_s=self._ttl_s, origin=origin,
+                                  bucket_key=self._key("tb", bucket.key))
+        args += [repr(bucket.rate_per_s), bucket.burst, bucket.cost]
+        with _unavailable():
+            epoch, seq = await self._batch.script(self._publish_within, keys, args)
+        if not epoch:
+            raise Throttled(float(seq))
         return Message(channel, with_id(format_id(epoch, seq), body_json), seq, epoch, origin)
 
     async def publish_live(self, channel: str, body_json: str) -> None:

@@ -16,48 +16,87 @@ META_EXTRA_TTL_S = 7 * 24 * 3600.0
 # messages being published, so /metrics reads the count from here.
 EMITTED_KEY = "emitted"
 
-# Assigns the id (epoch created once in KEYS[1], one global seq), appends, trims, publishes.
-# Wire: 'm' json ['\n' origin] (compact JSON has no raw newline); live frames: 'l' json.
-# KEYS[4] makes it idempotent: a retry after a lost reply returns the first run's id.
-# KEYS[5], when given (an emitter's publish), counts it under ARGV[8] (its channel kind).
-PUBLISH_LUA = r"""
-local done = redis.call('GET', KEYS[4])
-if done then
+# A retry after a lost reply finds the first run's id under the call's once-key (KEYS[4]).
+_PUBLISHED_FN = r"""
+local function published()
+  local done = redis.call('GET', KEYS[4])
+  if not done then return nil end
   local e, s = string.match(done, '^(.*)-(%d+)$')
   return {e, tonumber(s)}
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+"""
+
+# Assigns the id (epoch created once in KEYS[1], one global seq), appends, trims, publishes.
+# Wire: 'm' json ['\n' origin] (compact JSON has no raw newline); live frames: 'l' json.
+# ``emitted`` (a key), when given (an emitter's publish), counts it under ``kind``.
+_PUBLISH_FN = r"""
+local function publish(emitted, kind)
+  local epoch = redis.call('HGET', KEYS[1], 'epoch')
+  if not epoch then
+    epoch = ARGV[1]
+    redis.call('HSET', KEYS[1], 'epoch', epoch)
+  end
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  if redis.call('HGET', KEYS[3], 'epoch') ~= epoch then
+    redis.call('DEL', KEYS[2], KEYS[3])
+    redis.call('HSET', KEYS[3], 'epoch', epoch)
+  end
+  local json = '{"id":"' .. epoch .. '-' .. seq .. '",' .. string.sub(ARGV[2], 2)
+  local size = tonumber(ARGV[3])
+  local n = redis.call('XLEN', KEYS[2])
+  if n == 0 then  -- the stream expired (quiet for HISTORY_TTL): everything up to 'last' is lost
+    local last = redis.call('HGET', KEYS[3], 'last')
+    if last then redis.call('HSET', KEYS[3], 'dropped', last) end
+  elseif n >= size then
+    local gone = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', n - size + 1)
+    redis.call('HSET', KEYS[3], 'dropped', string.match(gone[#gone][1], '^%d+'))
+  end
+  local fields, wire = {'m', json}, 'm' .. json
+  if ARGV[7] and ARGV[7] ~= '' then
+    fields[3], fields[4], wire = 'o', ARGV[7], wire .. '\n' .. ARGV[7]
+  end
+  if emitted then redis.call('HINCRBY', emitted, kind, 1) end
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, seq .. '-0', unpack(fields))
+  redis.call('HSET', KEYS[3], 'last', seq)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  redis.call('PUBLISH', ARGV[6], wire)
+  redis.call('SET', KEYS[4], epoch .. '-' .. seq, 'PX', 60000)
+  return {epoch, seq}
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-if redis.call('HGET', KEYS[3], 'epoch') ~= epoch then
-  redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[3], 'epoch', epoch)
+"""
+
+# Token bucket {tokens, ts} in ``key`` on the server's clock: takes ``cost`` tokens and returns
+# 0, or takes none and returns the seconds until they are there.
+_TAKE_TOKEN_FN = """
+local function take_token(key, rate, burst, cost)
+  local t = redis.call('TIME')
+  local now = t[1] + t[2] / 1000000
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(b[1]) or burst
+  tokens = math.min(burst, tokens + math.max(0, now - (tonumber(b[2]) or now)) * rate)
+  local wait = 0
+  if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+  return wait
 end
-local json = '{"id":"' .. epoch .. '-' .. seq .. '",' .. string.sub(ARGV[2], 2)
-local size = tonumber(ARGV[3])
-local n = redis.call('XLEN', KEYS[2])
-if n == 0 then  -- the stream expired (quiet for HISTORY_TTL): everything up to 'last' is lost
-  local last = redis.call('HGET', KEYS[3], 'last')
-  if last then redis.call('HSET', KEYS[3], 'dropped', last) end
-elseif n >= size then
-  local gone = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', n - size + 1)
-  redis.call('HSET', KEYS[3], 'dropped', string.match(gone[#gone][1], '^%d+'))
-end
-local fields, wire = {'m', json}, 'm' .. json
-if ARGV[7] and ARGV[7] ~= '' then
-  fields[3], fields[4], wire = 'o', ARGV[7], wire .. '\n' .. ARGV[7]
-end
-if KEYS[5] then redis.call('HINCRBY', KEYS[5], ARGV[8], 1) end
-redis.call('XADD', KEYS[2], 'MAXLEN', size, seq .. '-0', unpack(fields))
-redis.call('HSET', KEYS[3], 'last', seq)
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[5])
-redis.call('PUBLISH', ARGV[6], wire)
-redis.call('SET', KEYS[4], epoch .. '-' .. seq, 'PX', 60000)
-return {epoch, seq}
+"""
+
+# KEYS: clock, h:CH, m:CH, once[, emitted]; ARGV: new epoch, body, size, history TTL, meta
+# TTL, topic[, origin[, the emitted kind]]. Returns {epoch, seq}.
+PUBLISH_LUA = _PUBLISHED_FN + _PUBLISH_FN + """
+return published() or publish(KEYS[5], ARGV[8])
+"""
+
+# PUBLISH_LUA after a token from KEYS[5]'s bucket (ARGV[8..10]: rate, burst, cost; ARGV[7]
+# always given). Short of tokens: {'', seconds to wait as a string}, nothing published.
+PUBLISH_WITHIN_LUA = _PUBLISHED_FN + _PUBLISH_FN + _TAKE_TOKEN_FN + """
+local done = published()
+if done then return done end
+local wait = take_token(KEYS[5], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]))
+if wait > 0 then return {'', tostring(wait)} end
+return publish(nil, nil)
 """
 
 # A history read as one consistent snapshot, and one command (so reads pipeline with the rest):
@@ -127,23 +166,14 @@ if KEYS[3] then redis.call('SET', KEYS[3], result, 'PX', 60000) end
 return {result, gone}
 """
 
-# Token bucket {tokens, ts} on the server's clock; returns the wait as a string (Lua ints truncate).
+# A token bucket (KEYS[1]; ARGV rate, burst[, cost]): the wait as a string (Lua ints truncate).
 # KEYS[2] makes it idempotent: a retry after a lost reply returns the first run's wait.
-TAKE_TOKEN_LUA = """
+TAKE_TOKEN_LUA = _TAKE_TOKEN_FN + """
 local done = redis.call('GET', KEYS[2])
 if done then return done end
-local t = redis.call('TIME')
-local now = t[1] + t[2] / 1000000
-local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3] or 1)
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1]) or burst
-tokens = math.min(burst, tokens + math.max(0, now - (tonumber(b[2]) or now)) * rate)
-local wait = 0
-if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-redis.call('SET', KEYS[2], tostring(wait), 'PX', 60000)
-return tostring(wait)
+local wait = tostring(take_token(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3] or 1)))
+redis.call('SET', KEYS[2], wait, 'PX', 60000)
+return wait
 """
 
 # Live connections of a user: KEYS[1] zset connection -> deadline (ms on Redis' clock).
@@ -209,17 +239,21 @@ return 0
 
 
 def publish_call(prefix: str, channel: str, body_json: str, *, history_size: int, history_ttl_s: float,
-                 origin: str | None = None, emitted: bool = False) -> tuple[list[str], list[str | int]]:
+                 origin: str | None = None, emitted: bool = False,
+                 bucket_key: str | None = None) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of PUBLISH_LUA for ``body_json`` (an encoded body without its id);
-    ``emitted``: published around the servers, counted in EMITTED_KEY."""
+    ``emitted``: published around the servers, counted in EMITTED_KEY. With ``bucket_key``:
+    of PUBLISH_WITHIN_LUA, the bucket's rate, burst and cost to be appended to ARGV."""
     ttl_ms = max(1, int(history_ttl_s * 1000))
     keys = [f"{prefix}clock", f"{prefix}h:{channel}", f"{prefix}m:{channel}",
             f"{prefix}once:{secrets.token_hex(8)}"]  # fixed per call: a retry re-sends it
     args: list[str | int] = [secrets.token_hex(4), body_json, history_size, ttl_ms,
                              int((history_ttl_s + META_EXTRA_TTL_S) * 1000), f"{prefix}c:{channel}"]
-    if origin is not None or emitted:
+    if origin is not None or emitted or bucket_key is not None:
         args.append(origin or "")
     if emitted:
         keys.append(f"{prefix}{EMITTED_KEY}")
         args.append(channel.partition(":")[0])
+    elif bucket_key is not None:
+        keys.append(bucket_key)
     return keys, args
