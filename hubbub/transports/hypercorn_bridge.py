@@ -8,6 +8,8 @@ on the stream object behind the ``send`` callable it hands the app for a request
     send.__self__                       WSStream | HTTPStream: this request's stream
       .send.__self__                    H11Protocol (HTTP/1.1) or H2Protocol
         .send.__self__.writer           the TCP connection's asyncio.StreamWriter
+        .send.__self__.reader           its StreamReader (lone pongs noted before it: pong_filter.py)
+        .connection.buffer              (WebSocket) received bytes not yet handed to the stream
       .handshake.extensions             what the client offered (declined: set to None)
       .buffer                           where a WebSocket message is gathered (limited here)
       .handle                           each event from the peer (wrapped on this instance)
@@ -33,6 +35,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
 from hubbub.hub.message import Message
+from hubbub.transports.pong_filter import PongFilter
 from hubbub.transports.socket_writer import DirectWriter, WriteBatcher
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,9 @@ class Bridge:
         bridge = cls(stream, getattr(tcp_server, "writer", None), h11)
         if websocket and isinstance(stream, WSStream):
             bridge._take_websocket(stream, compression, max_message_bytes)
+            if tcp_server is not None:  # HTTP/1.1: this connection's bytes are this stream's
+                PongFilter.install(getattr(tcp_server, "reader", None),
+                                   getattr(protocol.connection, "buffer", None), bridge)
         return bridge
 
     def _take_websocket(self, stream: Any, compression: bool, max_message_bytes: int) -> None:

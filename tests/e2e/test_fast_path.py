@@ -40,6 +40,31 @@ async def test_every_live_connection_on_http11_writes_directly(live_server: Live
         assert all(sub.write_now is not None for sub in subscriptions)
 
 
+async def test_a_pong_is_noted_before_hypercorn_reads_it(live_server: LiveServer) -> None:
+    token = live_server.token("alice")
+    async with ws_connect(f"{live_server.ws_url}/ws/chat?room=lobby&token={token}") as ws:
+        assert (await recv_json(ws))["type"] == "welcome"
+        [subscription] = live_server.hub._subscriptions
+        bridge = subscription.listener.bridge
+        stream, watched = bridge._stream, bridge._stream.handle
+        reached: list[str] = []
+
+        async def recording(event: object) -> None:
+            reached.append(type(event).__name__)
+            await watched(event)
+
+        stream.handle = recording
+        before = bridge.last_received
+        await ws.pong()  # empty and unsolicited: what a client's answer to our ping is on the wire
+        async with asyncio.timeout(5):
+            while bridge.last_received == before:
+                await asyncio.sleep(0.01)
+        assert reached == []  # noted by the pong filter: Hypercorn's stream never saw it
+        await ws.send('{"type":"ping"}')
+        assert (await recv_until(ws, "pong"))["type"] == "pong"
+        assert reached == ["Data"]  # every other frame goes through Hypercorn as before
+
+
 async def test_outside_the_tested_range_starts_with_a_warning_and_the_plain_path(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
