@@ -12,6 +12,8 @@ import logging
 import pytest
 
 from hubbub.transports import hypercorn_bridge
+from hubbub.transports.live import LiveConnection
+from hubbub.transports.pong_filter import PongFilter
 from tests.conftest import LiveServer, run_server
 from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
 
@@ -45,7 +47,9 @@ async def test_a_pong_is_noted_before_hypercorn_reads_it(live_server: LiveServer
     async with ws_connect(f"{live_server.ws_url}/ws/chat?room=lobby&token={token}") as ws:
         assert (await recv_json(ws))["type"] == "welcome"
         [subscription] = live_server.hub._subscriptions
-        bridge = subscription.listener.bridge
+        connection = subscription.listener
+        assert isinstance(connection, LiveConnection) and connection.bridge is not None
+        bridge = connection.bridge
         stream, watched = bridge._stream, bridge._stream.handle
         reached: list[str] = []
 
@@ -54,11 +58,22 @@ async def test_a_pong_is_noted_before_hypercorn_reads_it(live_server: LiveServer
             await watched(event)
 
         stream.handle = recording
+        assert bridge._writer is not None
+        reader = bridge._writer._reader  # type: ignore[attr-defined]  # the connection's StreamReader
+        pong_filter = reader.feed_data
+        assert isinstance(pong_filter, PongFilter)
+        fed = asyncio.Event()
+
+        def feeding(data: bytes) -> None:
+            pong_filter(data)
+            fed.set()
+
+        reader.feed_data = feeding
         before = bridge.last_received
         await ws.pong()  # empty and unsolicited: what a client's answer to our ping is on the wire
         async with asyncio.timeout(5):
-            while bridge.last_received == before:
-                await asyncio.sleep(0.01)
+            await fed.wait()
+        assert bridge.last_received > before
         assert reached == []  # noted by the pong filter: Hypercorn's stream never saw it
         await ws.send('{"type":"ping"}')
         assert (await recv_until(ws, "pong"))["type"] == "pong"
