@@ -202,20 +202,20 @@ class RedisBackend:
             log.debug("unsubscribe of %r not sent; the reconnect leaves it out", channel)
 
     async def publish(self, channel: str, body_json: str, origin: str | None = None) -> Message:
-        keys, args = publish_call(self._prefix, channel, body_json, history_size=self._size,
-                                  history_ttl_s=self._ttl_s, origin=origin)
-        with _unavailable():
-            epoch, seq = await self._batch.script(self._publish, keys, args)
-        return Message(channel, with_id(format_id(epoch, seq), body_json), seq, epoch, origin)
+        return await self._run_publish(None, channel, body_json, origin)
 
     async def publish_within(self, bucket: Bucket, channel: str, body_json: str,
                              origin: str | None = None) -> Message:
+        return await self._run_publish(bucket, channel, body_json, origin)
+
+    async def _run_publish(self, bucket: Bucket | None, channel: str, body_json: str,
+                           origin: str | None) -> Message:
+        """PUBLISH_LUA, or PUBLISH_WITHIN_LUA after a token from ``bucket``."""
         keys, args = publish_call(self._prefix, channel, body_json, history_size=self._size,
-                                  history_ttl_s=self._ttl_s, origin=origin,
-                                  bucket_key=self._key("tb", bucket.key))
-        args += [repr(bucket.rate_per_s), bucket.burst, bucket.cost]
+                                  history_ttl_s=self._ttl_s, origin=origin, bucket=bucket)
+        script = self._publish if bucket is None else self._publish_within
         with _unavailable():
-            epoch, seq = await self._batch.script(self._publish_within, keys, args)
+            epoch, seq = await self._batch.script(script, keys, args)
         if not epoch:
             raise Throttled(float(seq))
         return Message(channel, with_id(format_id(epoch, seq), body_json), seq, epoch, origin)

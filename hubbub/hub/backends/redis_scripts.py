@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import secrets
 
+from hubbub.hub.backends.base import Bucket
+
 # Per-channel counters outlive the stream, so a client back after the stream expired is told.
 META_EXTRA_TTL_S = 7 * 24 * 3600.0
 # A hash of what hubbub.client's emitters published, by channel kind: no server sees those
@@ -240,20 +242,21 @@ return 0
 
 def publish_call(prefix: str, channel: str, body_json: str, *, history_size: int, history_ttl_s: float,
                  origin: str | None = None, emitted: bool = False,
-                 bucket_key: str | None = None) -> tuple[list[str], list[str | int]]:
+                 bucket: Bucket | None = None) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of PUBLISH_LUA for ``body_json`` (an encoded body without its id);
-    ``emitted``: published around the servers, counted in EMITTED_KEY. With ``bucket_key``:
-    of PUBLISH_WITHIN_LUA, the bucket's rate, burst and cost to be appended to ARGV."""
+    ``emitted``: published around the servers, counted in EMITTED_KEY. With ``bucket``:
+    of PUBLISH_WITHIN_LUA, a token from it first."""
     ttl_ms = max(1, int(history_ttl_s * 1000))
     keys = [f"{prefix}clock", f"{prefix}h:{channel}", f"{prefix}m:{channel}",
             f"{prefix}once:{secrets.token_hex(8)}"]  # fixed per call: a retry re-sends it
     args: list[str | int] = [secrets.token_hex(4), body_json, history_size, ttl_ms,
                              int((history_ttl_s + META_EXTRA_TTL_S) * 1000), f"{prefix}c:{channel}"]
-    if origin is not None or emitted or bucket_key is not None:
+    if origin is not None or emitted or bucket is not None:
         args.append(origin or "")
     if emitted:
         keys.append(f"{prefix}{EMITTED_KEY}")
         args.append(channel.partition(":")[0])
-    elif bucket_key is not None:
-        keys.append(bucket_key)
+    elif bucket is not None:  # the same key as take_token's bucket
+        keys.append(f"{prefix}tb:{bucket.key}")
+        args += [repr(bucket.rate_per_s), bucket.burst, bucket.cost]
     return keys, args
