@@ -33,7 +33,7 @@ from hubbub.limits import ConnectionLimits
 from hubbub.metrics import Metrics, channel_kind
 from hubbub.transports.hypercorn_bridge import Bridge
 from hubbub.transports.socket_writer import WriteBatcher
-from hubbub.transports.timer_wheel import TimerWheel
+from hubbub.transports.timer_wheel import TimerWheel, granularity_for
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,15 @@ class Services:
     limits: ConnectionLimits
     metrics: Metrics
     writes: WriteBatcher = field(default_factory=WriteBatcher)  # direct socket writes, per turn
-    wheel: TimerWheel = field(default_factory=TimerWheel)  # every live connection's heartbeat
+    wheel: TimerWheel = field(init=False)  # every live connection's heartbeat
     draining: bool = False
     authenticate_hook: AuthenticateHook | None = None
     publish_hook: PublishHook | None = None
     _shutdown_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _synced_deliveries: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.wheel = TimerWheel(granularity_for(self.settings.heartbeat_interval_s))
 
     async def sync_metrics(self, *, ping: bool = False) -> None:
         """Moves what the hot path counts in integers into the metrics (and pings the backend)."""

@@ -63,7 +63,7 @@ class LiveConnection:
     """Subclasses say how a message, a heartbeat and the ending go on their wire."""
 
     __slots__ = ("svc", "principal", "sub", "room", "multi", "joined", "send", "bridge", "direct", "closing",
-                 "_loop", "_flusher", "_ender", "_due", "_abort", "_opened")
+                 "wheel_slot", "_loop", "_flusher", "_ender", "_abort", "_opened")
 
     transport: ClassVar[str]  # the metrics' label: websocket, sse
     frame_of: ClassVar[attrgetter[bytes]]  # a Message's bytes on this wire
@@ -87,7 +87,7 @@ class LiveConnection:
         self._loop = asyncio.get_running_loop()
         self._flusher: asyncio.Task[None] | None = None
         self._ender: asyncio.Task[None] | None = None
-        self._due: int | None = None  # its slot in the timer wheel
+        self.wheel_slot: int | None = None  # the timer wheel's: where its next beat is
         self._abort: asyncio.TimerHandle | None = None
         self._opened: float | None = None  # when ``open`` ran; None again once closed
 
@@ -147,7 +147,10 @@ class LiveConnection:
             self.bridge.listener = self
         if self.sub.backlog or self.sub.ended:  # a replay queued before we listened
             self.on_ready()
-        self._schedule(first=True)
+        # Clients that connected together (after a restart) do not beat together.
+        first = self._next_beat(random.uniform(0.5, 1.0) * self.svc.settings.heartbeat_interval_s)
+        if first is not None:
+            self.svc.wheel.add(self, first)
         try:
             for room in [c for c in self.sub.channels if c.startswith("room:")]:
                 await self.join(room)
@@ -171,8 +174,8 @@ class LiveConnection:
             self.bridge.listener = None
         if self.direct is not None:
             self.direct.close()
-        if self._due is not None:
-            self.svc.wheel.remove(self, self._due)
+        if self.wheel_slot is not None:
+            self.svc.wheel.remove(self)
         if self._abort is not None:
             self._abort.cancel()
         for task in (self._flusher, self._ender):
@@ -285,30 +288,30 @@ class LiveConnection:
 
     # -- timer -------------------------------------------------------------------------
 
-    def _schedule(self, first: bool = False) -> None:
-        settings = self.svc.settings
-        delay = settings.heartbeat_interval_s
-        if first:  # clients that connected together (after a restart) do not beat together
-            delay *= random.uniform(0.5, 1.0)
-        if self.checks_silence:
-            delay = min(delay, settings.idle_timeout_s)
-        left = self.principal.seconds_left() if self.principal is not None else None
-        if left is not None:
-            delay = min(delay, max(left, 0.0))
-        self._due = self.svc.wheel.add(self, delay)
-
-    def tick(self) -> None:
-        """Its beat: token expiry, silence, then a heartbeat and the next beat."""
-        self._due = None
+    def tick(self) -> float | None:
+        """Its beat: token expiry, silence, then a heartbeat. Returns when the next is due."""
         if self.closing is not None:
-            return
-        left = self.principal.seconds_left() if self.principal is not None else None
-        if left is not None and left <= 0:
-            self.end(TOKEN_EXPIRED)
-            return
-        idle_limit = self.svc.settings.idle_timeout_s
-        if self.checks_silence and self.bridge is not None and self.bridge.idle_for() > idle_limit:
-            self.end(Closing(Close.TRY_AGAIN_LATER, f"nothing received for {idle_limit:.0f} s"))
-            return
+            return None
+        settings = self.svc.settings
+        delay = self._next_beat(settings.heartbeat_interval_s)
+        if delay is None:
+            return None
+        limit = settings.idle_timeout_s
+        if self.checks_silence and self.bridge is not None and self.bridge.idle_for() > limit:
+            self.end(Closing(Close.TRY_AGAIN_LATER, f"nothing received for {limit:.0f} s"))
+            return None
         self.heartbeat()
-        self._schedule()
+        return delay
+
+    def _next_beat(self, interval_s: float) -> float | None:
+        """Seconds to the next beat: the interval, or sooner for a silence check or the token's
+        expiry. None once the token has expired (the connection is ended)."""
+        if self.checks_silence:
+            interval_s = min(interval_s, self.svc.settings.idle_timeout_s)
+        left = self.principal.seconds_left() if self.principal is not None else None
+        if left is None:
+            return interval_s
+        if left <= 0:
+            self.end(TOKEN_EXPIRED)
+            return None
+        return min(interval_s, left)

@@ -8,24 +8,26 @@ import logging
 
 import pytest
 
-from hubbub.transports.timer_wheel import TimerWheel
+from hubbub.transports.timer_wheel import MAX_GRANULARITY_S, TimerWheel, granularity_for
 
 TIMEOUT_S = 2.0
 
 
 class Beat:
     def __init__(self, log: list[tuple[str, float]], name: str, done: asyncio.Event | None = None,
-                 again_s: float | None = None, times: int = 1, wheel: TimerWheel | None = None) -> None:
+                 again_s: float | None = None, times: int = 1) -> None:
         self.log, self.name, self.done = log, name, done
-        self.again_s, self.times, self.wheel = again_s, times, wheel
+        self.again_s, self.times = again_s, times
+        self.wheel_slot: int | None = None
 
-    def tick(self) -> None:
+    def tick(self) -> float | None:
         self.log.append((self.name, asyncio.get_running_loop().time()))
         self.times -= 1
-        if self.times > 0 and self.wheel is not None and self.again_s is not None:
-            self.wheel.add(self, self.again_s)
-        elif self.done is not None:
+        if self.times > 0 and self.again_s is not None:
+            return self.again_s
+        if self.done is not None:
             self.done.set()
+        return None
 
 
 async def test_ticks_after_their_delay_in_order_never_early() -> None:
@@ -56,17 +58,17 @@ async def test_a_slot_crowd_shares_one_loop_timer() -> None:
 async def test_removed_items_do_not_tick() -> None:
     wheel, log, done = TimerWheel(0.02), [], asyncio.Event()
     gone = Beat(log, "gone")
-    wheel.remove(gone, wheel.add(gone, 0.05))
+    wheel.add(gone, 0.05)
+    wheel.remove(gone)
     wheel.add(Beat(log, "kept", done), 0.1)
     async with asyncio.timeout(TIMEOUT_S):
         await done.wait()
     assert [name for name, _ in log] == ["kept"]
 
 
-async def test_an_item_re_added_from_its_tick_keeps_beating_once_per_add() -> None:
+async def test_a_tick_returning_a_delay_beats_again_once_per_return() -> None:
     wheel, log, done = TimerWheel(0.02), [], asyncio.Event()
     beat = Beat(log, "b", done, again_s=0.0, times=5)  # zero delay: the next slot, not this one
-    beat.wheel = wheel
     wheel.add(beat, 0.0)
     async with asyncio.timeout(TIMEOUT_S):
         await done.wait()
@@ -75,9 +77,34 @@ async def test_an_item_re_added_from_its_tick_keeps_beating_once_per_add() -> No
     assert all(later > earlier for earlier, later in zip(times, times[1:], strict=False))
 
 
+async def test_the_delays_a_slot_crowd_returns_each_take_effect() -> None:
+    wheel, log = TimerWheel(0.02), []
+    done = asyncio.Event()
+    beats = {name: Beat(log, name, done if name == "slow" else None, again_s=again, times=2)
+             for name, again in (("quick", 0.04), ("slow", 0.2), ("quick2", 0.04))}
+    start = asyncio.get_running_loop().time()
+    for beat in beats.values():
+        wheel.add(beat, 0.02)
+    async with asyncio.timeout(TIMEOUT_S):
+        await done.wait()
+    second = {name: t - start for name, t in log[3:]}
+    assert sorted(second) == ["quick", "quick2", "slow"]
+    assert second["quick"] < second["slow"] and second["quick2"] < second["slow"]
+    assert second["slow"] >= 0.02 + 0.2 - 0.002 and second["quick"] >= 0.02 + 0.04 - 0.002
+    assert all(beat.wheel_slot is None for beat in beats.values()) and len(wheel) == 0
+
+
+def test_slots_are_a_thirtieth_of_the_interval_and_at_most_half_a_second() -> None:
+    assert granularity_for(15.0) == MAX_GRANULARITY_S == 0.5
+    assert granularity_for(3.0) == pytest.approx(0.1)
+    assert granularity_for(0.05) == pytest.approx(0.05 / 30)
+
+
 async def test_one_failing_tick_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
-        def tick(self) -> None:
+        wheel_slot: int | None = None
+
+        def tick(self) -> float | None:
             raise RuntimeError("boom")
 
     wheel, log, done = TimerWheel(0.02), [], asyncio.Event()
