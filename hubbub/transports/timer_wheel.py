@@ -9,7 +9,8 @@ Beats run up to one slot late, never early.
 
 A slot is wide on purpose (``granularity_for``): the beats of a slot go out as one burst of
 writes, and a burst of hundreds costs less per write than a trickle of tens (the peers'
-replies, the pongs, then come back together and are read in fewer loop turns).
+replies, the pongs, then come back together and are read in fewer loop turns). A burst
+runs ``BURST`` beats per loop turn, so messages still go out between them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SLOTS_PER_INTERVAL = 30  # a beat runs at most 1/30 of its interval late ...
 MAX_GRANULARITY_S = 0.5  # ... and at most half a second (token expiry, silence checks)
+BURST = 100  # beats per loop turn: a slot of thousands lets messages through between them
 
 
 def granularity_for(interval_s: float) -> float:
@@ -49,7 +51,7 @@ class TimerWheel:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: dict[int, set[Ticking]] = {}
         self._due: list[int] = []  # the occupied slots, a heap
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None  # the loop timer, or the next turn of a burst
         self._handle_slot = -1
         self._firing = -1  # the last slot run: what is added now goes after it
 
@@ -104,9 +106,13 @@ class TimerWheel:
         # The loop may run a timer a little before its time: the slot it was set for is due.
         now = self._firing = max(math.floor(now_s / self.granularity), self._handle_slot)
         due, slots = self._due, self._slots
+        budget = BURST
         last_delay, last_slot = -1.0, 0  # most beats ask for the same delay: one slot sum for them
-        while due and due[0] <= now:
-            for item in slots.pop(heapq.heappop(due), ()):
+        while due and due[0] <= now and budget:
+            items = slots[due[0]]
+            while items and budget:
+                item = items.pop()
+                budget -= 1
                 item.wheel_slot = None
                 try:
                     delay = item.tick()
@@ -117,7 +123,12 @@ class TimerWheel:
                     if delay != last_delay:
                         last_delay, last_slot = delay, self._slot_after(now_s, delay)
                     self._put(item, last_slot)
-        while due and not slots.get(due[0]):  # emptied by remove(): nothing to wake for
-            slots.pop(heapq.heappop(due), None)
-        if due:
+            if not items:
+                del slots[heapq.heappop(due)]
+        while due and not slots[due[0]]:  # emptied by remove(): nothing to wake for
+            del slots[heapq.heappop(due)]
+        if due and due[0] <= now:  # the burst goes on after what else the loop has to do
+            self._handle_slot = now
+            self._handle = self._loop.call_soon(self._fire)
+        elif due:
             self._arm(due[0])
