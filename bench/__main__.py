@@ -341,9 +341,10 @@ def main() -> int:
                         help="run only this scenario (scale-out: ~2.5 min; with --quick 1 short "
                              "run; h2sse: the main scenario with SSE over HTTP/2, ~3 min; idle: "
                              "15,000 idle connections per process, ~6 min per run; rooms: "
-                             "1,000 rooms x 10, publish-heavy, ~3 min per run; storm: 5,000 "
-                             "subscribers reconnecting after a restart, ~5 min; redis: hubbub "
-                             "on memory and on Redis, one room and many rooms, ~4 min per run); "
+                             "1,000 rooms x 10, publish-heavy, hubbub on memory and on Redis beside the "
+                             "others, ~2 min per run; storm: 5,000 subscribers reconnecting after a "
+                             "restart, ~5 min; redis: hubbub on memory and on Redis, one room, and "
+                             "the Lua publish, ~1.5 min per run); "
                              "writes bench/results/NAME.json")
     parser.add_argument("--table", action="store_true",
                         help="print the table of the last results (latest.json, or quick.json "
@@ -410,12 +411,11 @@ def main() -> int:
 
         return storm.main(plan.quick, args.runs, plan.server_core, meta, RESULTS / f"{name}.json")
     if args.only == "redis":  # its own runner, JSON and table: bench/redis_speed.py
-        from bench import redis_speed, rooms
+        from bench import redis_speed
 
-        if not args.runs:  # ~4 min a run: one unless asked
+        if not args.runs:  # ~1.5 min a run: one unless asked
             plan = plan.__class__(**{**plan.__dict__, "runs": 1})
-        return redis_speed.main(plan, rooms.plan_for(plan.quick, 1, plan.server_core), meta,
-                                RESULTS / f"{name}.json")
+        return redis_speed.main(plan, meta, RESULTS / f"{name}.json")
     print(f"bench ({meta['mode']}{', only ' + args.only if args.only else ''}): "
           f"{plan.subscribers} subscribers, "
           f"{plan.scale_out_runs if args.only and plan.scale_out_runs else plan.runs} run(s); "

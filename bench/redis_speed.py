@@ -3,7 +3,8 @@
 - **one room**: the main life (connect, latency, sustainable, saturation) over
   ``plan.subscribers`` subscribers (half SSE, half WebSocket), once on each backend, the
   backends alternating within a run so that both meet the same machine.
-- **many rooms**: ``bench/rooms.py`` on each backend, when that scenario is present.
+- **many rooms** on Redis runs in ``--only rooms`` (``bench/rooms.py``), right after hubbub
+  on memory, which that scenario measures anyway.
 - **the Lua publish**: a handful of subscribers and the publisher flat out, so the POSTs,
   not the fan-out, are the work: one worker's publishes/s through Redis, the CPU that
   ``redis-server`` spent on them, and from the two what one Redis could take before it is
@@ -25,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import report, rooms
+from bench import report
 from bench.scenarios import Plan, _start, kinds, main_life
 from bench.servers import HUBBUB, RedisServer, ServerSpec
 from bench.session import Meter, Session
@@ -62,20 +63,15 @@ async def lua_publish(spec: ServerSpec, plan: Plan, log_dir: Path, redis: RedisS
         server.stop()
 
 
-async def redis_speed(plan: Plan, rooms_plan: rooms.RoomsPlan, log_dir: Path) -> dict[str, Any]:
+async def redis_speed(plan: Plan, log_dir: Path) -> dict[str, Any]:
     gen_cores = sorted(os.sched_getaffinity(0))
     redis = RedisServer(gen_cores[0] if len(gen_cores) == 1 else None, log_dir)
     runs: list[dict[str, Any]] = []
     hints: dict[str, float] = {}
-    many: dict[str, list[dict[str, Any]]] = {}
     try:
         await redis.ready()
         for run in range(plan.runs):
             record: dict[str, Any] = {}
-            one_run = replace(rooms_plan, runs=1)
-            specs = [replace(HUBBUB, name="memory"), rooms.with_redis(HUBBUB, redis.url, name="redis")]
-            for name, lives in (await rooms.run(specs, one_run, log_dir)).items():
-                many.setdefault(name, []).extend(lives)
             for backend in BACKENDS:
                 spec = HUBBUB if backend == "memory" else on_redis(redis)
                 print(f"redis run {run + 1}/{plan.runs} one room, hubbub on {backend}", flush=True)
@@ -94,8 +90,7 @@ async def redis_speed(plan: Plan, rooms_plan: rooms.RoomsPlan, log_dir: Path) ->
             runs.append(record)
     finally:
         redis.stop()
-    return {"runs": runs, "rooms": many, "summary": summarize(runs),
-            "rooms_summary": rooms.summarise(many)}
+    return {"runs": runs, "summary": summarize(runs)}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,33 +126,20 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def rooms_ratio(summary: dict[str, Any]) -> str:
-    """The many-rooms rows that matter here, memory and Redis side by side."""
-    lines = []
-    for key, label in (("sustainable_pub_s", "many rooms: sustainable publishes/s"),
-                       ("sustainable_deliv_s", "many rooms: sustainable deliveries/s"),
-                       ("latency_p99_ms", "many rooms: p99 at arrival, fixed rate (ms)")):
-        memory, redis = summary["memory"].get(key), summary["redis"].get(key)
-        ratio = f"{redis['median'] / memory['median']:.2f}" if memory and redis and memory["median"] else "-"
-        lines.append(f"{label:<42} {report.spread_cell(memory):>26} {report.spread_cell(redis):>26} "
-                     f"{ratio:>13}")
-    return "\n".join(lines)
-
-
-def main(plan: Plan, rooms_plan: rooms.RoomsPlan, meta: dict[str, Any], path: Path) -> int:
+def main(plan: Plan, meta: dict[str, Any], path: Path) -> int:
     """Runs the scenario, writes ``path`` (JSON) and prints the table; for ``python -m bench``."""
     print(f"bench redis ({meta['mode']}): hubbub on memory and on Redis, {plan.runs} run(s): one room "
-          f"of {plan.subscribers:,}, {rooms_plan.rooms:,} rooms × {rooms_plan.per_room}, the Lua "
-          f"publish; other work kept the machine {meta.get('busy_before_pct')}% busy", flush=True)
+          f"of {plan.subscribers:,}, the Lua publish (many rooms on Redis: --only rooms); other "
+          f"work kept the machine {meta.get('busy_before_pct')}% busy", flush=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hubbub-bench-redis-") as tmp:
         try:
-            out = asyncio.run(redis_speed(plan, rooms_plan, Path(tmp)))
+            out = asyncio.run(redis_speed(plan, Path(tmp)))
         except Exception:
             for log in sorted(Path(tmp).glob("*.log"))[-2:]:
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise
-    meta = {**meta, "wall_s": round(time.monotonic() - started, 1), "rooms_plan": rooms_plan.__dict__}
+    meta = {**meta, "wall_s": round(time.monotonic() - started, 1)}
     report.write_json(path, {"meta": meta, **out})
     print()
     print(reprint(out))
@@ -167,4 +149,4 @@ def main(plan: Plan, rooms_plan: rooms.RoomsPlan, meta: dict[str, Any], path: Pa
 
 def reprint(data: dict[str, Any]) -> str:
     """The table of a results file (``--table --only redis``)."""
-    return table(data["summary"]) + "\n\n" + rooms_ratio(data["rooms_summary"])
+    return table(data["summary"])

@@ -11,8 +11,10 @@ search (``Session.probe``/``Session.sustainable``'s logic, per room); then, afte
 the messages some member never got. ``run(specs, plan, log_dir)`` measures, ``summarise``
 and ``table`` report; ``main`` is what ``python -m bench --only rooms`` calls.
 
-On Redis: ``run([with_redis(HUBBUB, redis.url)], plan, log_dir)`` with a started
-``servers.RedisServer`` (stopped by the caller in a ``finally``).
+``main`` also runs hubbub on a private Redis (``servers.RedisServer``, started for the
+scenario), right after hubbub on memory in every run: the "Redis at full speed" ratio for
+many rooms is read here (``redis_ratio``), not in ``--only redis``, which would repeat the
+memory life.
 
 Every room numbers its own messages (``m#<seq>:<send ns>``): a member belongs to one
 room, so its ``count`` and ``last_seq`` (see ``Room.caught_up``) say how far it got.
@@ -25,6 +27,7 @@ import contextlib
 import os
 import random
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -609,6 +612,24 @@ def table(summary: dict[str, Any], plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+REDIS_NAME = "hubbub-redis"
+
+
+def redis_ratio(summary: dict[str, Any]) -> list[str]:
+    """hubbub on Redis over hubbub on memory (medians of the same runs), when both ran."""
+    memory, redis = summary.get(HUBBUB.name), summary.get(REDIS_NAME)
+    if not memory or not redis:
+        return []
+    out = []
+    for key, label in (("sustainable_pub_s", "sustainable publishes/s"),
+                       ("latency_p99_ms", "p99 at arrival, fixed rate")):
+        low, high = memory.get(key), redis.get(key)
+        if low and high and low["median"]:
+            out.append(f"Redis / memory, many rooms, {label}: {high['median'] / low['median']:.2f} "
+                       f"({report.spread_cell(high)} / {report.spread_cell(low)})")
+    return out
+
+
 def notes(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     out = []
     for name, lives in results.items():
@@ -635,13 +656,18 @@ def main(plan: RoomsPlan, meta: dict[str, Any], path: Path,
          specs: list[ServerSpec] | None = None) -> int:
     """Runs the scenario, writes ``path`` (JSON) and prints the table; for ``python -m bench``."""
     specs = specs or default_specs()
+    on_redis = HUBBUB in specs and shutil.which("redis-server") is not None
+    if HUBBUB in specs and not on_redis:
+        print("note: redis-server is not on PATH: hubbub on Redis is not run", flush=True)
+    names = [s.name for s in specs] + ([REDIS_NAME] if on_redis else [])
     print(f"bench rooms ({meta['mode']}): {plan.rooms:,} rooms × {plan.per_room} members, "
-          f"{plan.runs} run(s) over {', '.join(s.name for s in specs)}; other work kept the machine "
+          f"{plan.runs} run(s) over {', '.join(names)}; other work kept the machine "
           f"{meta.get('busy_before_pct')}% busy before starting", flush=True)
     started, cpu0 = time.monotonic(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="hubbub-bench-rooms-") as tmp:
         try:
-            results = asyncio.run(run(specs, plan, Path(tmp)))
+            results = asyncio.run(_run_with_redis(specs, plan, Path(tmp)) if on_redis
+                                  else run(specs, plan, Path(tmp)))
         except Exception:
             for log in sorted(Path(tmp).glob("*.log"))[-2:]:
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
@@ -654,7 +680,7 @@ def main(plan: RoomsPlan, meta: dict[str, Any], path: Path,
     report.write_json(path, {"meta": meta, "summary": summary, "runs": results})
     print()
     print(table(summary, plan.__dict__))
-    for line in notes(results):
+    for line in [*redis_ratio(summary), *notes(results)]:
         print(line)
     if len(meta["code_versions"]) > 1:
         print(f"warning: the code changed during the run ({', '.join(meta['code_versions'])})")
@@ -662,9 +688,22 @@ def main(plan: RoomsPlan, meta: dict[str, Any], path: Path,
     return 0
 
 
+async def _run_with_redis(specs: list[ServerSpec], plan: RoomsPlan, log_dir: Path) -> dict[str, Any]:
+    """``run`` with hubbub on a private Redis right after hubbub on memory."""
+    cores = sorted(os.sched_getaffinity(0))  # the generator's: the server under test keeps its own
+    redis = servers.RedisServer(cores[0] if len(cores) == 1 else None, log_dir)
+    try:
+        await redis.ready()
+        at = specs.index(HUBBUB) + 1
+        return await run([*specs[:at], with_redis(HUBBUB, redis.url, name=REDIS_NAME), *specs[at:]],
+                         plan, log_dir)
+    finally:
+        redis.stop()
+
+
 def reprint(data: dict[str, Any]) -> str:
     """The table of a results file (``--table --only rooms``)."""
-    return table(data["summary"], data["meta"]["plan"])
+    return "\n".join([table(data["summary"], data["meta"]["plan"]), *redis_ratio(data["summary"])])
 
 
 
