@@ -174,8 +174,7 @@ class LiveConnection:
             self.bridge.listener = None
         if self.direct is not None:
             self.direct.close()
-        if self.wheel_slot is not None:
-            self.svc.wheel.remove(self)
+        self.svc.wheel.remove(self)
         if self._abort is not None:
             self._abort.cancel()
         for task in (self._flusher, self._ender):

@@ -59,7 +59,8 @@ class TimerWheel:
         return sum(len(items) for items in self._slots.values())
 
     def add(self, item: Ticking, delay_s: float) -> None:
-        """Schedules ``item.tick()`` (an item has at most one tick scheduled: call ``remove`` first)."""
+        """Schedules ``item.tick()``, its first: later ones are what each tick returns (an item
+        has one tick scheduled at most)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or a new loop (an app served again, tests)
             self._reset(loop)
@@ -107,7 +108,6 @@ class TimerWheel:
         now = self._firing = max(math.floor(now_s / self.granularity), self._handle_slot)
         due, slots = self._due, self._slots
         budget = BURST
-        last_delay, last_slot = -1.0, 0  # most beats ask for the same delay: one slot sum for them
         while due and due[0] <= now and budget:
             items = slots[due[0]]
             while items and budget:
@@ -119,10 +119,8 @@ class TimerWheel:
                 except Exception:  # one connection's fault must not stop everyone's heartbeat
                     log.exception("heartbeat of %r failed", item)
                     continue
-                if delay is not None and item.wheel_slot is None:  # (the tick may have added it)
-                    if delay != last_delay:
-                        last_delay, last_slot = delay, self._slot_after(now_s, delay)
-                    self._put(item, last_slot)
+                if delay is not None:
+                    self._put(item, self._slot_after(now_s, delay))
             if not items:
                 del slots[heapq.heappop(due)]
         while due and not slots[due[0]]:  # emptied by remove(): nothing to wake for
