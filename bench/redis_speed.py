@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import report
 from bench.scenarios import Plan, _start, kinds, main_life
-from bench.servers import HUBBUB, RedisServer, ServerSpec
+from bench.servers import HUBBUB, RedisServer, ServerSpec, generator_core
 from bench.session import Meter, Session
 
 BACKENDS = ("memory", "redis")
@@ -64,8 +64,7 @@ async def lua_publish(spec: ServerSpec, plan: Plan, log_dir: Path, redis: RedisS
 
 
 async def redis_speed(plan: Plan, log_dir: Path) -> dict[str, Any]:
-    gen_cores = sorted(os.sched_getaffinity(0))
-    redis = RedisServer(gen_cores[0] if len(gen_cores) == 1 else None, log_dir)
+    redis = RedisServer(generator_core(), log_dir)
     runs: list[dict[str, Any]] = []
     hints: dict[str, float] = {}
     try:

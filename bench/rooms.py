@@ -81,6 +81,9 @@ QUICK_ROOMS = RoomsPlan(quick=True, runs=1, rooms=100, latency_rate=500.0, laten
                         precision=1.3, drain_s=2.0)
 
 
+REDIS_NAME = "hubbub-redis"  # hubbub on Redis, beside hubbub on memory
+
+
 def default_specs() -> list[ServerSpec]:
     """baseline, node (when ``servers.NODE`` exists and can start here), hubbub."""
     specs = [BASELINE]
@@ -92,7 +95,7 @@ def default_specs() -> list[ServerSpec]:
     return specs
 
 
-def with_redis(spec: ServerSpec, url: str, name: str = "hubbub-redis") -> ServerSpec:
+def with_redis(spec: ServerSpec, url: str, name: str = REDIS_NAME) -> ServerSpec:
     """hubbub on the Redis backend at ``url`` (e.g. a ``servers.RedisServer``): each life
     gets a fresh ``REDIS_PREFIX`` in ``run``, so no life sees another's rooms or history."""
     return replace(spec, name=name, env={**spec.env, "REDIS_URL": url})
@@ -612,9 +615,6 @@ def table(summary: dict[str, Any], plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-REDIS_NAME = "hubbub-redis"
-
-
 def redis_ratio(summary: dict[str, Any]) -> list[str]:
     """hubbub on Redis over hubbub on memory (medians of the same runs), when both ran."""
     memory, redis = summary.get(HUBBUB.name), summary.get(REDIS_NAME)
@@ -690,12 +690,11 @@ def main(plan: RoomsPlan, meta: dict[str, Any], path: Path,
 
 async def _run_with_redis(specs: list[ServerSpec], plan: RoomsPlan, log_dir: Path) -> dict[str, Any]:
     """``run`` with hubbub on a private Redis right after hubbub on memory."""
-    cores = sorted(os.sched_getaffinity(0))  # the generator's: the server under test keeps its own
-    redis = servers.RedisServer(cores[0] if len(cores) == 1 else None, log_dir)
+    redis = servers.RedisServer(servers.generator_core(), log_dir)
     try:
         await redis.ready()
         at = specs.index(HUBBUB) + 1
-        return await run([*specs[:at], with_redis(HUBBUB, redis.url, name=REDIS_NAME), *specs[at:]],
+        return await run([*specs[:at], with_redis(HUBBUB, redis.url), *specs[at:]],
                          plan, log_dir)
     finally:
         redis.stop()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import spread
-from bench.servers import HUBBUB, RedisServer, Server, ServerSpec, cpu_quota_unavailable
+from bench.servers import HUBBUB, RedisServer, Server, ServerSpec, cpu_quota_unavailable, generator_core
 from bench.session import Meter, Session
 
 MEMORY_TRANSPORTS = ("sse", "ws")
@@ -293,13 +293,11 @@ async def scale_out(plan: Plan, log_dir: Path) -> dict[str, Any]:
     if why:
         return {"status": f"not measured: {why}"}
     n_runs = plan.runs if plan.scale_out_runs is None else plan.scale_out_runs
-    gen_cores = sorted(os.sched_getaffinity(0))
-    redis_core = gen_cores[0] if len(gen_cores) == 1 else None  # the generator's core
     runs: list[dict[str, Any]] = []
     hints: dict[int, float] = {}
     start = time.monotonic()
     last_run_s = 0.0
-    redis = RedisServer(redis_core, log_dir)
+    redis = RedisServer(generator_core(), log_dir)
     try:
         await redis.ready()
         for run in range(n_runs):

@@ -387,6 +387,13 @@ class Server:
                 self.quota.remove()
 
 
+def generator_core() -> int | None:
+    """The one core this process (the load generator) is pinned to; None when not pinned to one.
+    A private ``redis-server`` runs there: the server under test keeps its own core."""
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[0] if len(cores) == 1 else None
+
+
 class RedisServer:
     """A private ``redis-server`` on a free port, no persistence; ``stop()`` always ends it."""
 

@@ -38,7 +38,7 @@ from urllib.parse import quote
 from bench import report
 from bench.clients import MARK, SO_TIMESTAMPNS, Recorder, SSESubscriber, Subscriber, WSSubscriber
 from bench.publisher import HttpConnection
-from bench.servers import BASELINE, HUBBUB, RedisServer, Server, ServerSpec, token
+from bench.servers import BASELINE, HUBBUB, RedisServer, Server, ServerSpec, generator_core, token
 from bench.session import Meter, own_run_wait_s
 
 # static/hubbub.js: minDelayMs, maxDelayMs, RESTART_SPREAD_MS, STABLE_MS
@@ -938,11 +938,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def _run(plan: StormPlan, log_dir: Path, core: int | None) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
-    redis_core = None
-    gen_cores = sorted(os.sched_getaffinity(0))
-    if len(gen_cores) == 1:
-        redis_core = gen_cores[0]  # redis-server on the generator's core, as in the scale-out
-    redis = RedisServer(redis_core, log_dir)
+    redis = RedisServer(generator_core(), log_dir)
     try:
         await redis.ready()
         for run in range(plan.runs):
