@@ -172,7 +172,7 @@ def cors_headers(settings: Settings, origin: str | None) -> dict[str, str]:
     if not origin or not settings.allowed_origins or not origin_allowed(settings, origin, ""):
         return {}
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key, Last-Event-ID",
             "Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Max-Age": "600"}
 
 

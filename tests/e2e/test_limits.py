@@ -143,10 +143,11 @@ async def test_allowed_origins_get_cors_headers_and_preflight(server_factory: Se
     async with server.http() as client:
         preflight = await client.options("/api/rooms/lobby/messages", headers={
             "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type"})
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key"})
         assert preflight.status_code == 200
         assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
-        assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+        allowed = preflight.headers["Access-Control-Allow-Headers"].split(", ")
+        assert {"Authorization", "Content-Type", "Idempotency-Key"} <= set(allowed)  # what hubbub.js sends
         post = await client.post("/api/rooms/lobby/messages", content=b"hi", headers={
             "Origin": "https://app.example", "Authorization": f"Bearer {server.token('a')}"})
         assert post.status_code == 202
