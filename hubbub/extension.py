@@ -30,7 +30,7 @@ from hubbub.hub.message import dumps
 from hubbub.limits import ConnectionLimits
 from hubbub.metrics import Metrics, channel_kind, multiprocess
 from hubbub.protocol import ERROR_STATUS
-from hubbub.transports import admin, http, hypercorn_bridge, publishing, site, sse, websocket
+from hubbub.transports import admin, chat_post, http, hypercorn_bridge, publishing, site, sse, websocket
 from hubbub.transports.asgi import LiveRouter
 from hubbub.transports.common import AuthenticateHook, PublishHook, Services, cors_headers
 
@@ -97,6 +97,7 @@ class Hubbub:
             websocket={"/ws/chat": websocket.chat, "/ws/notifications": websocket.notifications,
                        "/ws": websocket.channels, "/ws/echo": websocket.echo},
             sse={"/sse/chat": sse.chat, "/sse/notifications": sse.notifications, "/sse": sse.channels},
+            messages=chat_post.messages,
         )
         app.before_serving(self._start)
         app.after_serving(self._stop)

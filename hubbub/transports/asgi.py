@@ -4,8 +4,10 @@ WebSocket and SSE subscribers stay connected for hours and are many. Quart gives
 each of them two tasks, a queue and a request context for its whole life: about
 14 KB per connection and a third of the connect time (docs/performance.md). The
 handlers that hold connections open are small, so they run on ASGI directly, in
-the one task the server gives each request. Short requests (POST, history,
-presence, the demo site, /healthz, /metrics) stay in Quart.
+the one task the server gives each request. So does chat posted over HTTP
+(chat_post.py), the hot half of a chat product's load. Other short requests
+(history, presence, notifications, /api/publish, the demo site, /healthz,
+/metrics) stay in Quart.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class Request:
     """What a live handler reads off the scope. Nothing is parsed ahead or kept: the request
-    object lives as long as the connection, and a handler reads a few values once."""
+    object lives as long as the connection, and a handler reads a few values once.
+    ``route``: the pattern it matched (a metrics label: never a room name)."""
 
-    __slots__ = ("scope",)
+    __slots__ = ("scope", "route")
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, route: str) -> None:
         self.scope = scope
+        self.route = route
 
     @property
     def headers(self) -> Headers:
@@ -114,18 +118,22 @@ async def reject_upgrade(send: Send, request: Request, error: HubError) -> None:
 
 
 class LiveRouter:
-    """ASGI middleware: WebSocket and SSE endpoints by path, the rest to the wrapped app.
+    """ASGI middleware: WebSocket and SSE endpoints by path, and every method but GET and
+    HEAD on ``/api/rooms/<room>/messages`` (``messages``); the rest to the wrapped app.
 
     Paths are matched below ``prefix`` (``Hubbub(url_prefix=...)``) and below the
     ``root_path`` of an outer mount, as Quart matches its own routes.
     """
 
     def __init__(self, app: Any, svc: Services, prefix: str, websocket: Mapping[str, Handler],
-                 sse: Mapping[str, Handler]) -> None:
+                 sse: Mapping[str, Handler], messages: Handler) -> None:
         self._app: ASGIApp = app
         self._svc = svc
         self._websocket = {prefix + path: handler for path, handler in websocket.items()}
         self._sse = {prefix + path: handler for path, handler in sse.items()}
+        self._messages = messages
+        self._rooms = prefix + "/api/rooms/"
+        self._messages_route = prefix + "/api/rooms/<room>/messages"
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """The coroutine serving this request, not awaited here: a coroutine frame of the
@@ -134,19 +142,28 @@ class LiveRouter:
         kind = scope["type"]
         handler: Handler | None = None
         if kind == "websocket" or kind == "http":
-            path = scope["path"]
+            path = route = scope["path"]
             root = scope.get("root_path") or ""
             if root and path.startswith(root):  # mounted: the path still carries the mount point
-                path = path[len(root):]
+                path = route = path[len(root):]
             if kind == "websocket":
                 handler = self._websocket.get(path)
             elif path in self._sse:
                 handler = self._sse[path] if scope["method"] == "GET" else _not_get
             elif path in self._websocket:
                 handler = _not_upgraded
+            elif path.startswith(self._rooms) and scope["method"] not in ("GET", "HEAD") \
+                    and _one_segment(path, len(self._rooms), "/messages"):
+                handler, route = self._messages, self._messages_route
         if handler is None:
             return self._app(scope, receive, send)
-        return handler(self._svc, Request(scope), receive, send)
+        return handler(self._svc, Request(scope, route), receive, send)
+
+
+def _one_segment(path: str, start: int, tail: str) -> bool:
+    """``path[start:]`` is one non-empty segment and then ``tail`` (as Quart's ``<room>``)."""
+    return path.endswith(tail) and len(path) - len(tail) > start \
+        and "/" not in path[start:len(path) - len(tail)]
 
 
 _ALLOW = "GET, OPTIONS"

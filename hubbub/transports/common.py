@@ -201,8 +201,8 @@ async def identify(svc: Services, request: RequestLike, *, tickets: bool) -> Pri
 
 def endpoint_of(request: RequestLike) -> str:
     """The route, not the path (room names would make the label unbounded)."""
-    rule = getattr(request, "url_rule", None)
-    return str(rule.rule) if rule is not None else request.path
+    rule = getattr(request, "url_rule", None)  # Quart's
+    return str(rule.rule) if rule is not None else getattr(request, "route", request.path)
 
 
 async def checked_by_hook(svc: Services, principal: Principal, channel: str,

@@ -1,4 +1,4 @@
-"""Plain HTTP: post and read room messages, presence, notifications, tickets, demo login."""
+"""Plain HTTP: room history, presence, notifications, tickets, demo login (chat POSTs: chat_post.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from hubbub.hub.message import Cursor, dumps
 from hubbub.transports.common import (
     Services,
     count_published,
-    publish_chat,
     publish_limited,
     publisher_bucket,
     require_principal,
@@ -24,7 +23,7 @@ from hubbub.transports.common import (
     valid_room,
 )
 from hubbub.transports.idempotency import idempotent
-from hubbub.transports.inbound import chat_text_from_body, json_object, text_from_body
+from hubbub.transports.inbound import json_object, text_from_body
 
 bp = Blueprint("http", __name__)
 
@@ -87,17 +86,6 @@ async def current_principal(svc: Services) -> Principal:
     if principal is None:
         principal = g.hubbub_principal = await require_principal(svc, request)
     return principal  # type: ignore[no-any-return]
-
-
-@bp.post("/api/rooms/<room>/messages")
-@idempotent
-async def post_message(room: str) -> Response:
-    svc = services()
-    room = valid_room(room)
-    principal = await current_principal(svc)
-    text = chat_text_from_body(request.content_type or "", await request_body(svc))
-    message = await publish_chat(svc, principal, room, text)
-    return _json({"id": message.id}, 202)
 
 
 @bp.get("/api/rooms/<room>/messages")

@@ -61,6 +61,10 @@ async def test_five_tabs_share_one_stream_and_any_tab_can_post(demo_server: Live
         sent = [(await hub.publish("room:lobby", {"type": "chat", "text": "a"}, sender="bob")).id,
                 (await hub.publish("room:ops", {"type": "chat", "text": "b"}, sender="bob")).id,
                 (await hub.notify("alice", "c")).id]
+        # Every tab has these first: the POST's ack below comes on another connection than
+        # the stream, and the posting tab emits its message from the ack if it is first.
+        for tab in tabs:
+            await tab.wait_for_function("n => window.got.length >= n", arg=len(sent), timeout=EXPECT_MS)
         # The fifth tab posts (a follower: its own HTTP request, beside the leader's stream).
         posted = await tabs[4].evaluate("() => window.hub.subscribe('room:ops').send('from tab 5')"
                                         ".then((ack) => ack.id)")

@@ -102,6 +102,36 @@ async def test_post_message_too_large_413_with_length_or_chunked(server_factory:
     assert (await history(server))["messages"] == []
 
 
+async def test_post_message_methods_other_than_get_and_post(live_server: LiveServer) -> None:
+    async with live_server.http() as client:
+        put = await client.put(MESSAGES, content=b"hi", headers=bearer(live_server.token("alice")))
+        options = await client.options(MESSAGES)
+    assert (put.status_code, put.json()["error"]) == (405, "method_not_allowed")
+    assert {"GET", "POST"} <= set(put.headers["Allow"].split(", "))
+    assert options.status_code == 200 and "POST" in options.headers["Allow"].split(", ")
+    assert put.headers["X-Content-Type-Options"] == options.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_post_message_to_a_nested_path_is_404(live_server: LiveServer) -> None:
+    status, reply = await post(live_server, b"hi", "text/plain", path="/api/rooms/lobby/x/messages")
+    assert (status, reply["error"]) == (404, "not_found")
+
+
+async def test_post_message_client_gone_mid_body_leaves_the_server_serving(
+        live_server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", live_server.port)
+    head = (f"POST {MESSAGES} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {live_server.token('alice')}\r\n"
+            "Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n").encode()
+    writer.write(head + b"only ten b")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    assert (await post(live_server, b"still here", "text/plain"))[0] == 202
+    assert [m["text"] for m in (await history(live_server))["messages"]] == ["still here"]
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
 async def test_post_message_past_burst_429_with_retry_after(live_server: LiveServer) -> None:
     for i in range(live_server.settings.rate_limit_burst):
         assert (await post(live_server, f"m{i}".encode(), "text/plain"))[0] == 202
