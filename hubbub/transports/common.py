@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 class RequestLike(Protocol):
     """What an ``authenticate`` hook is given: Quart's request on the HTTP endpoints, a
-    hubbub ``Request`` on the WebSocket and SSE ones. Both have these, and ``.cookies`` is
+    hubbub ``Request`` on the WebSocket and SSE ones and the chat POST (served on ASGI,
+    asgi.py). Both have these, and ``.cookies`` is
     all Quart's session interface reads (``await app.session_interface.open_session(app, request)``)."""
 
     @property
