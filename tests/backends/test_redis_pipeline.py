@@ -11,9 +11,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from hubbub.hub.backends import redis as redis_backend
 from hubbub.hub.backends.redis import RedisBackend
 from hubbub.hub.backends.redis_pipeline import MAX_BATCH, AutoPipeline
-from hubbub.hub.message import Cursor
+from hubbub.hub.message import Cursor, Message
 from tests.backends.conftest import REDIS_URL, RedisServer
 
 pytestmark = pytest.mark.redis
@@ -159,3 +160,31 @@ async def test_a_cancelled_asker_leaves_the_shared_read_to_the_others(make_redis
     async with asyncio.timeout(10):
         assert len((await kept).messages) == 1
     assert gone.cancelled()
+
+
+@pytest.mark.parametrize("read_ahead", [1, 3, 1000])
+async def test_pub_sub_replies_read_together_are_handed_over_whole_and_in_order(
+        make_redis: MakeRedis, monkeypatch: pytest.MonkeyPatch, read_ahead: int) -> None:
+    """The listener takes what was read in batches of at most READ_AHEAD: none is lost or
+    reordered at a batch's edge, and a subscription confirmed amid messages completes."""
+    monkeypatch.setattr(redis_backend, "READ_AHEAD", read_ahead)
+    backend = make_redis()
+    seen: list[tuple[str, int | None]] = []
+    all_seen = asyncio.Event()
+
+    def deliver(message: Message) -> None:
+        seen.append((message.channel, message.seq))
+        if len(seen) == 100:
+            all_seen.set()
+
+    await backend.start(deliver)
+    await backend.subscribe("room:a")
+    async with asyncio.timeout(20):
+        published = await asyncio.gather(
+            *(backend.publish("room:a", '{"type":"chat","text":"x"}') for _ in range(50)),
+            backend.subscribe("room:b"))
+        more = await asyncio.gather(
+            *(backend.publish(f"room:{'ab'[i % 2]}", '{"type":"chat","text":"y"}') for i in range(50)))
+        await all_seen.wait()
+    expected = [(m.channel, m.seq) for m in [*published[:50], *more]]
+    assert seen == sorted(expected, key=lambda pair: pair[1] or 0)
