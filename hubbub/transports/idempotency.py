@@ -96,13 +96,18 @@ def idempotent(handler: Handler) -> Handler:
         print_ = fingerprint(request.method, request.path, request.query_string.decode("latin-1"),
                              request.content_type or "", body if isinstance(body, bytes) else body.encode())
 
+        first: list[Response] = []  # the view's own response, when it ran
+
         async def run() -> tuple[int, str]:
             response = await handler(*args, **kwargs)
+            first.append(response)
             return response.status_code, await response.get_data(as_text=True)
 
         reply = await at_most_once(svc, principal, key, print_, run)
+        if first:
+            return first[0]
         return Response(reply.body, status=reply.status, content_type="application/json",
-                        headers={"Idempotent-Replayed": "true"} if reply.replayed else None)
+                        headers={"Idempotent-Replayed": "true"})
 
     return wrapper
 

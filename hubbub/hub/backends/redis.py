@@ -468,7 +468,7 @@ class RedisBackend:
                 continue
             silent = 0
             # Everything already read, then one turn of the loop before handing it over. The
-            # publishes' own replies often come in the same read: their callers answer first
+            # publishes' own replies come at about the same time: their callers answer first
             # (the POSTs' 202s go out before the fan-out, not after it and its writes), so the
             # publishers' next POSTs share one pipeline and more messages share each socket
             # write. One room of 1,000: Redis went from ~0.7x to ~1.0-1.3x the memory hub's
