@@ -50,7 +50,8 @@ class Body:
 
     async def drain(self) -> bool:
         """Reads and drops what is left of the body before a refusal (see ``BODY_DRAIN_S``);
-        False if it is too big or too slow: the response then says ``Connection: close``."""
+        False if it is too big, too slow or the peer is gone: the response then says
+        ``Connection: close``."""
         if self.complete:
             return True
         if self._declared is not None and self._declared > self._limit:
@@ -58,7 +59,7 @@ class Body:
         try:
             async with asyncio.timeout(BODY_DRAIN_S):
                 await self._read(keep=False)
-        except (TimeoutError, TooLarge):
+        except (TimeoutError, TooLarge, Disconnected):
             return False
         return True
 
@@ -97,7 +98,7 @@ async def messages(svc: Services, request: Request, receive: Receive, send: Send
         if isinstance(error, TooLarge):
             svc.metrics.dropped.labels("too_big").inc()
         extra = {"Allow": ALLOW} if isinstance(error, MethodNotAllowed) else {}
-        if request.scope.get("http_version") in ("1.0", "1.1") and not await _drained(body):
+        if request.scope.get("http_version") in ("1.0", "1.1") and not await body.drain():
             extra["Connection"] = "close"
         await send_error(send, request, svc.settings, error, extra)
         return
@@ -109,13 +110,6 @@ async def messages(svc: Services, request: Request, receive: Receive, send: Send
     if reply.replayed:
         headers["Idempotent-Replayed"] = "true"
     await send_response(send, reply.status, reply.body.encode(), headers)
-
-
-async def _drained(body: Body) -> bool:
-    try:
-        return await body.drain()
-    except Disconnected:
-        return False
 
 
 async def _publish(svc: Services, request: Request, body: Body) -> Reply:
