@@ -143,6 +143,12 @@ async def bench(plan: Plan, log_dir: Path, only: str | None = None) -> dict[str,
                 for scenario, value in out.items():
                     _add(results, scenario, transport, spec.name, value)
                 _progress(spec.name, out)
+            # The floor's connect: the same subscribers into Hypercorn serving an empty app
+            # (~3 s a life), so the connect target reads against what no app on it can beat.
+            print(f"run {run + 1}/{plan.runs} {transport:>3} {FLOOR.name:<8} connect", flush=True)
+            floor = await scenarios.connect_life(FLOOR, transport, plan, log_dir)
+            _add(results, "connect", transport, FLOOR.name, floor)
+            print(f"    connect {floor['seconds']} s", flush=True)
             # The slow lives compare hubbub with the naive baseline only (Node, which has no
             # slow-consumer policy, buffers without bound); in the first run only, as the
             # memory lives below, so that three runs of the rest fit in the budget; none in
@@ -238,8 +244,17 @@ def _extra(data: dict[str, Any]) -> list[str]:
 
 
 def _floor_rows(data: dict[str, Any]) -> list[str]:
-    """Hypercorn's own memory per idle connection (an empty ASGI app), and hubbub above it."""
+    """Hypercorn's own cost (an empty ASGI app), and hubbub above it: connecting the main
+    scenario's subscribers, and memory per idle connection."""
     rows = []
+    for transport, per_server in (data.get("runs", {}).get("connect") or {}).items():
+        floor, hubbub, node = (report.spread([r["seconds"] for r in per_server.get(name, [])])
+                               for name in ("floor", "hubbub", "node"))
+        if floor and hubbub:
+            versus_node = f"; the floor {floor['median'] / node['median']:.2f}× Node" if node else ""
+            rows.append(f"|   connect all: the floor (Hypercorn, empty ASGI app), hubbub | {transport} | s "
+                        f"| {report.spread_cell(floor)} | {report.spread_cell(hubbub)} "
+                        f"| {hubbub['median'] / floor['median']:.2f}× of the floor{versus_node} | |")
     memory = data.get("runs", {}).get("memory") or {}
     for metric, label, unit in (("kb_per_connection", "memory floor: Hypercorn, empty ASGI app", "KB"),
                                 ("connect_s", "connect 5,000 idle: the floor, hubbub", "s")):

@@ -5,6 +5,8 @@
 - ``slow_life``: 10% of the subscribers stop reading (their kernel buffers filled first),
   the sustainable search over the readers; then without the stalled, same readers, same life.
 - ``memory_life``: RSS growth per idle connection.
+- ``connect_life``: the main scenario's connect alone, for the floor (Hypercorn serving an
+  empty app), so that each run also says what any app on Hypercorn pays to connect.
 - ``scale_out``: sustainable deliveries/s of one vs two hubbub processes on Redis, each
   process with the same CPU budget (a cgroup quota).
 """
@@ -106,10 +108,7 @@ async def main_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
     server = await _start(spec, plan, log_dir)
     session = Session(server)
     try:
-        await session.connect(kinds(transport, 10), keep=False)  # warm the server's code paths
-        meter = Meter(server)
-        seconds = await session.connect(kinds(transport, plan.subscribers))
-        connect = {"seconds": round(seconds, 3), **meter.read()}
+        connect = await _connect(server, session, transport, plan)
 
         meter = Meter(server)
         latency = await session.latency(plan.latency_rate, plan.latency_s)
@@ -129,6 +128,27 @@ async def main_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
         connect["code"] = server.version
         return {"connect": connect, "latency": latency, "sustainable": sustainable,
                 "saturation": saturation}
+    finally:
+        session.close()
+        server.stop()
+
+
+async def _connect(server: Server, session: Session, transport: str, plan: Plan) -> dict[str, Any]:
+    """Connects ``plan.subscribers``, each its own user, into one room, after a warm-up."""
+    await session.connect(kinds(transport, 10), keep=False)  # warm the server's code paths
+    meter = Meter(server)
+    seconds = await session.connect(kinds(transport, plan.subscribers))
+    return {"seconds": round(seconds, 3), **meter.read()}
+
+
+async def connect_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path) -> dict[str, Any]:
+    """The main scenario's connect alone: for the floor (``servers.FLOOR``), which serves
+    nothing else. Its time is what Hypercorn itself takes to accept the subscribers, parse
+    their requests and send a response head and a welcome, with no application work."""
+    server = await _start(spec, plan, log_dir)
+    session = Session(server)
+    try:
+        return await _connect(server, session, transport, plan)
     finally:
         session.close()
         server.stop()
