@@ -6,10 +6,14 @@ room, each member its own user) and chat posted to random rooms: half by POST ov
 keep-alive connections, half as a ``{"type":"chat","text"}`` frame from a random WebSocket
 member of the room on its own connection (the sender gets an ack, the 9 others the message).
 
-Per server life: connect all members; latency at a fixed publish rate; the sustainable
-search (``Session.probe``/``Session.sustainable``'s logic, per room); then, after a drain,
-the messages some member never got. ``run(specs, plan, log_dir)`` measures, ``summarise``
-and ``table`` report; ``main`` is what ``python -m bench --only rooms`` calls.
+Per server life: connect all members; latency at a fixed publish rate, with the server's
+CPU per publish there; the sustainable search (``Session.probe``/``Session.sustainable``'s
+logic, per room); then, after a drain, the messages some member never got. Each run also
+has a life of the floor (``floor_life``: Hypercorn serving ``bench/floor_app.py``, which
+answers every POST and frame and fans nothing out), whose CPU per publish at the same rate
+is what taking the messages in costs on Hypercorn before any application work.
+``run(specs, plan, log_dir)`` measures, ``summarise`` and ``table`` report; ``main`` is
+what ``python -m bench --only rooms`` calls.
 
 ``main`` also runs hubbub on a private Redis (``servers.RedisServer``, started for the
 scenario), right after hubbub on memory in every run: the "Redis at full speed" ratio for
@@ -40,7 +44,7 @@ from typing import Any
 from bench import report, servers
 from bench.clients import Recorder, Subscriber, WSSubscriber, open_subscriber
 from bench.publisher import HttpConnection
-from bench.servers import BASELINE, HUBBUB, ROOT, Server, ServerSpec, token
+from bench.servers import BASELINE, FLOOR, HUBBUB, ROOT, Server, ServerSpec, token
 from bench.session import MAX_AGE_S, MAX_SLOPE, Meter, _slope
 
 WATCH_EVERY_S = 0.05  # a pass over 10,000 members costs ~1 ms (2% of a core at this period)
@@ -483,7 +487,9 @@ class RoomsSession:
         before, due = sum(s.count for s in self.members()), self.load.due
         recorder.detail = True
         try:
+            window = Meter(self.server)
             sent = await self.load.paced(rate, duration_s)
+            cost = per_publish_ms(window.read(), sent)
             await self.drained(3.0)
         finally:
             recorder.detail = False
@@ -494,7 +500,24 @@ class RoomsSession:
         got = sum(s.count for s in self.members()) - before
         return {"publishes_per_s": rate, "sent": sent, **run, "unstamped": recorder.unstamped,
                 "missing": max(0, self.load.due - due - got),
-                "post_lateness_s": round(self.load.lateness_s, 3)}
+                "post_lateness_s": round(self.load.lateness_s, 3), "server_ms_per_publish": cost}
+
+    async def inbound_cost(self, rate: float, duration_s: float) -> dict[str, Any]:
+        """The latency phase's load without waiting for deliveries (the floor makes none):
+        the server's CPU per publish at ``rate``."""
+        await self.load.paced(rate, self.plan.latency_warmup_s)
+        window = Meter(self.server)
+        sent = await self.load.paced(rate, duration_s)
+        measured = window.read()
+        return {"publishes_per_s": rate, "sent": sent, "errors": self.load.errors,
+                "server_ms_per_publish": per_publish_ms(measured, sent), **measured}
+
+
+def per_publish_ms(measured: dict[str, Any], sent: int) -> float | None:
+    """Milliseconds of server CPU per publish over a ``Meter`` window in which ``sent`` went out."""
+    if not sent:
+        return None
+    return round(10 * measured["server_cpu_pct"] * measured["wall_s"] / sent, 4)
 
 
 async def life(spec: ServerSpec, plan: RoomsPlan, log_dir: Path, hint: float | None) -> dict[str, Any]:
@@ -540,6 +563,25 @@ async def life(spec: ServerSpec, plan: RoomsPlan, log_dir: Path, hint: float | N
         server.stop()
 
 
+async def floor_life(plan: RoomsPlan, log_dir: Path) -> dict[str, Any]:
+    """The floor (``servers.FLOOR``) under the latency phase's load: every member connected,
+    then POSTs and frames at ``plan.latency_rate``, each answered, none fanned out."""
+    began = time.monotonic()
+    server = Server(FLOOR, plan.server_core, log_dir)
+    session: RoomsSession | None = None
+    try:
+        await server.ready()
+        session = RoomsSession(server, plan)
+        await session.connect(["warm-up"], keep=False)
+        seconds = await session.connect([room.name for room in session.rooms])
+        out = await session.inbound_cost(plan.latency_rate, plan.latency_s)
+        return {**out, "connect_s": round(seconds, 2), "life_s": round(time.monotonic() - began, 1)}
+    finally:
+        if session is not None:
+            session.close()
+        server.stop()
+
+
 def _progress(out: dict[str, Any]) -> str:
     con, lat, sus, loss = out["connect"], out["latency"], out["sustainable"], out["losses"]
     loss = {**loss, "post_failures": f" {loss['post_failures']}" if loss["post_failures"] else ""}
@@ -565,6 +607,12 @@ async def run(specs: list[ServerSpec], plan: RoomsPlan, log_dir: Path) -> dict[s
             if out["sustainable"]["publishes_per_s"]:  # else the next run searches afresh
                 hints.setdefault(spec.name, out["sustainable"]["publishes_per_s"])
             print(_progress(out), flush=True)
+        print(f"rooms run {n + 1}/{plan.runs} {FLOOR.name:<8} {plan.rooms:,} rooms × {plan.per_room}, "
+              f"answers only", flush=True)
+        floor = await floor_life(plan, log_dir)
+        results.setdefault(FLOOR.name, []).append(floor)
+        print(f"    [{floor['life_s']} s] {floor['server_ms_per_publish']} ms of server CPU per publish "
+              f"at {floor['publishes_per_s']:g} pub/s ({floor['errors']} failed)", flush=True)
     return results
 
 
@@ -585,6 +633,8 @@ METRICS: list[tuple[str, str, str, Any]] = [
     ("latency_missing", "  not delivered 3 s after", "deliv", lambda r: r["latency"]["missing"]),
     ("latency_post_lateness_s", "  POSTs behind their slots", "s", lambda r: r["latency"]["post_lateness_s"]),
     ("latency_server_cpu_pct", "  server CPU", "%", lambda r: r["latency"]["server_cpu_pct"]),
+    ("latency_server_ms_per_publish", "  server CPU per publish", "ms",
+     lambda r: r["latency"].get("server_ms_per_publish")),
     ("latency_server_waited_pct", "  server waited for CPU", "%",
      lambda r: r["latency"]["server_waited_pct"]),
     ("latency_generator_cpu_pct", "  generator CPU", "%", lambda r: r["latency"]["generator_cpu_pct"]),
@@ -613,6 +663,20 @@ def table(summary: dict[str, Any], plan: dict[str, Any]) -> str:
         cells = " | ".join(report.spread_cell(summary[n].get(key)) for n in names)
         lines.append(f"| {label} | {unit} | {cells} |")
     return "\n".join(lines)
+
+
+def floor_lines(summary: dict[str, Any], floor: list[dict[str, Any]]) -> list[str]:
+    """The floor's CPU per publish at the latency phase's rate, and Node and hubbub against it."""
+    cost = report.spread([life["server_ms_per_publish"] for life in floor])
+    if not cost:
+        return []
+    line = (f"the floor (Hypercorn answering each POST and frame, no fan-out): "
+            f"{report.spread_cell(cost)} ms of server CPU per publish")
+    for name in ("node", HUBBUB.name):
+        other = summary.get(name, {}).get("latency_server_ms_per_publish")
+        if other and cost["median"]:
+            line += f"; {name} {other['median']:.3f} ms, {other['median'] / cost['median']:.2f}× the floor"
+    return [line]
 
 
 def redis_ratio(summary: dict[str, Any]) -> list[str]:
@@ -672,15 +736,16 @@ def main(plan: RoomsPlan, meta: dict[str, Any], path: Path,
             for log in sorted(Path(tmp).glob("*.log"))[-2:]:
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise
+    floor = results.pop(FLOOR.name, [])
     wall = time.monotonic() - started
     meta = {**meta, "plan": plan.__dict__, "wall_s": round(wall, 1),
             "generator_cpu_pct_overall": round(100 * (time.process_time() - cpu0) / wall, 1),
             "code_versions": sorted({r["code"] for lives in results.values() for r in lives})}
     summary = summarise(results)
-    report.write_json(path, {"meta": meta, "summary": summary, "runs": results})
+    report.write_json(path, {"meta": meta, "summary": summary, "runs": results, "floor": floor})
     print()
     print(table(summary, plan.__dict__))
-    for line in [*redis_ratio(summary), *notes(results)]:
+    for line in [*floor_lines(summary, floor), *redis_ratio(summary), *notes(results)]:
         print(line)
     if len(meta["code_versions"]) > 1:
         print(f"warning: the code changed during the run ({', '.join(meta['code_versions'])})")
@@ -702,7 +767,8 @@ async def _run_with_redis(specs: list[ServerSpec], plan: RoomsPlan, log_dir: Pat
 
 def reprint(data: dict[str, Any]) -> str:
     """The table of a results file (``--table --only rooms``)."""
-    return "\n".join([table(data["summary"], data["meta"]["plan"]), *redis_ratio(data["summary"])])
+    return "\n".join([table(data["summary"], data["meta"]["plan"]),
+                      *floor_lines(data["summary"], data.get("floor", [])), *redis_ratio(data["summary"])])
 
 
 
