@@ -544,6 +544,12 @@ async def life(spec: ServerSpec, plan: RoomsPlan, log_dir: Path, hint: float | N
         meter = Meter(server)
         if hint:
             sustainable = await session.sustainable(hint, 1.2, plan.later_probes)
+            if not sustainable["publishes_per_s"]:
+                # The first run's answer was out of this life's reach (a first search that never
+                # failed stops at the generator's limit, not the server's): search afresh below it.
+                tried = sustainable["probes"]
+                sustainable = await session.sustainable(hint / 1.6, 1.6, plan.max_probes)
+                sustainable["probes"] = tried + sustainable["probes"]
         else:
             sustainable = await session.sustainable(plan.first_rate, 1.6, plan.max_probes)
         search = meter.read()
