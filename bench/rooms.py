@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -526,16 +527,7 @@ async def life(spec: ServerSpec, plan: RoomsPlan, log_dir: Path, hint: float | N
         spec = replace(spec, env={**spec.env,
                                   "REDIS_PREFIX": f"bench-rooms-{os.getpid()}-{secrets.token_hex(4)}:"})
     began = time.monotonic()
-    server = Server(spec, plan.server_core, log_dir)
-    session: RoomsSession | None = None
-    try:
-        await server.ready()
-        session = RoomsSession(server, plan)
-        await session.connect(["warm-up"], keep=False)  # warm the server's code paths
-        meter = Meter(server)
-        seconds = await session.connect([room.name for room in session.rooms])
-        connect = {"seconds": round(seconds, 2), "subscribers": plan.subscribers, **meter.read()}
-
+    async with _connected(spec, plan, log_dir) as (server, session, connect):
         meter = Meter(server)
         latency = await session.latency(plan.latency_rate, plan.latency_s)
         latency.update(meter.read())
@@ -563,25 +555,32 @@ async def life(spec: ServerSpec, plan: RoomsPlan, log_dir: Path, hint: float | N
         return {"connect": connect, "latency": latency, "sustainable": sustainable,
                 "losses": losses, "code": server.version,
                 "life_s": round(time.monotonic() - began, 1)}
-    finally:
-        if session is not None:
-            session.close()
-        server.stop()
 
 
 async def floor_life(plan: RoomsPlan, log_dir: Path) -> dict[str, Any]:
     """The floor (``servers.FLOOR``) under the latency phase's load: every member connected,
     then POSTs and frames at ``plan.latency_rate``, each answered, none fanned out."""
     began = time.monotonic()
-    server = Server(FLOOR, plan.server_core, log_dir)
+    async with _connected(FLOOR, plan, log_dir) as (_, session, connect):
+        out = await session.inbound_cost(plan.latency_rate, plan.latency_s)
+        return {**out, "connect_s": connect["seconds"], "life_s": round(time.monotonic() - began, 1)}
+
+
+@contextlib.asynccontextmanager
+async def _connected(spec: ServerSpec, plan: RoomsPlan,
+                     log_dir: Path) -> AsyncIterator[tuple[Server, RoomsSession, dict[str, Any]]]:
+    """A fresh server with every room's members connected (after a warm-up room), and the
+    connect's figures; the members are closed and the server stopped on the way out."""
+    server = Server(spec, plan.server_core, log_dir)
     session: RoomsSession | None = None
     try:
         await server.ready()
         session = RoomsSession(server, plan)
-        await session.connect(["warm-up"], keep=False)
+        await session.connect(["warm-up"], keep=False)  # warm the server's code paths
+        meter = Meter(server)
         seconds = await session.connect([room.name for room in session.rooms])
-        out = await session.inbound_cost(plan.latency_rate, plan.latency_s)
-        return {**out, "connect_s": round(seconds, 2), "life_s": round(time.monotonic() - began, 1)}
+        yield server, session, {"seconds": round(seconds, 2), "subscribers": plan.subscribers,
+                                **meter.read()}
     finally:
         if session is not None:
             session.close()
