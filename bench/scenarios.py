@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
 import statistics
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -103,11 +105,22 @@ async def _start(spec: ServerSpec, plan: Plan, log_dir: Path) -> Server:
     return server
 
 
-async def main_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
-                    hint: float | None) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def _serving(spec: ServerSpec, plan: Plan, log_dir: Path) -> AsyncIterator[tuple[Server, Session]]:
+    """A fresh server and a session on it; the session's subscribers are closed and the
+    server stopped on the way out."""
     server = await _start(spec, plan, log_dir)
     session = Session(server)
     try:
+        yield server, session
+    finally:
+        session.close()
+        server.stop()
+
+
+async def main_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
+                    hint: float | None) -> dict[str, Any]:
+    async with _serving(spec, plan, log_dir) as (server, session):
         connect = await _connect(server, session, transport, plan)
 
         meter = Meter(server)
@@ -128,9 +141,6 @@ async def main_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
         connect["code"] = server.version
         return {"connect": connect, "latency": latency, "sustainable": sustainable,
                 "saturation": saturation}
-    finally:
-        session.close()
-        server.stop()
 
 
 async def _connect(server: Server, session: Session, transport: str, plan: Plan) -> dict[str, Any]:
@@ -145,13 +155,8 @@ async def connect_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Pa
     """The main scenario's connect alone: for the floor (``servers.FLOOR``), which serves
     nothing else. Its time is what Hypercorn itself takes to accept the subscribers, parse
     their requests and send a response head and a welcome, with no application work."""
-    server = await _start(spec, plan, log_dir)
-    session = Session(server)
-    try:
+    async with _serving(spec, plan, log_dir) as (server, session):
         return await _connect(server, session, transport, plan)
-    finally:
-        session.close()
-        server.stop()
 
 
 async def _stalled_and_readers(server: Server, session: Session, transport: str,
@@ -181,9 +186,7 @@ async def slow_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
     search over them; then the stalled ones leave and the same readers are searched again.
     share = with / without: same readers, same process.
     """
-    server = await _start(spec, plan, log_dir)
-    session = Session(server)
-    try:
+    async with _serving(spec, plan, log_dir) as (server, session):
         stalled, filled = await _stalled_and_readers(server, session, transport, plan)
         start = hint or plan.first_rate
         meter = Meter(server)
@@ -208,15 +211,10 @@ async def slow_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path,
         result["without_per_s"] = base
         result["share_pct"] = round(100 * result["deliveries_per_s"] / base, 1) if base else None
         return result
-    finally:
-        session.close()
-        server.stop()
 
 
 async def memory_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Path) -> dict[str, Any]:
-    server = await _start(spec, plan, log_dir)
-    session = Session(server)
-    try:
+    async with _serving(spec, plan, log_dir) as (server, session):
         await session.connect(kinds(transport, 50))  # warm-up, kept open
         if spec.publishes:
             await session.publisher.paced(50, 0.1)
@@ -231,9 +229,6 @@ async def memory_life(spec: ServerSpec, transport: str, plan: Plan, log_dir: Pat
         return {"kb_per_connection": round((after - before) / n, 2), "rss_before_kb": before,
                 "rss_after_kb": after, "connections": n, "connect_s": round(seconds, 3),
                 "code": server.version}
-    finally:
-        session.close()
-        server.stop()
 
 
 async def idle_life(spec: ServerSpec, plan: Plan, log_dir: Path) -> dict[str, Any]:
@@ -242,9 +237,7 @@ async def idle_life(spec: ServerSpec, plan: Plan, log_dir: Path) -> dict[str, An
     for ``plan.idle_many_s`` (heartbeats, WebSocket pings and the silence checks at the
     default HEARTBEAT_INTERVAL and IDLE_TIMEOUT), as a share of one core, from
     ``plan.idle_settle_s`` after the last connect (connecting's presence frame is out)."""
-    server = await _start(spec, plan, log_dir)
-    session = Session(server)
-    try:
+    async with _serving(spec, plan, log_dir) as (server, session):
         await session.connect(kinds("mix", 50))  # warm-up, kept open
         await server.wait_idle(quiet_s=0.2, timeout_s=2.0)
         before = server.rss_kb()
@@ -266,9 +259,6 @@ async def idle_life(spec: ServerSpec, plan: Plan, log_dir: Path) -> dict[str, An
                 "idle_cpu_pct": cpu_pct, "idle_s": idle_s,
                 "closed_while_idle": sum(1 for sub in session.subs if sub.closed),
                 "code": server.version}
-    finally:
-        session.close()
-        server.stop()
 
 
 def scale_out_unavailable(plan: Plan) -> str | None:
