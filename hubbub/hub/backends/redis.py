@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from hubbub.hub.backends.base import BackendUnavailable, Bucket, Deliver, Throttled
-from hubbub.hub.backends.redis_pipeline import AutoPipeline
+from hubbub.hub.backends.redis_pipeline import MAX_BATCH, AutoPipeline
 from hubbub.hub.backends.redis_scripts import (
     CONNECTIONS_LUA,
     EMITTED_KEY,
@@ -535,17 +535,26 @@ class RedisBackend:
                     log.warning("%s failed (%s); retrying", renew.__name__, exc)
 
     async def _renew_presence(self) -> None:
-        """One script call per channel and ``RENEW_BATCH`` connections: renewing each
-        connection on its own cost ~0.1 ms of this process's CPU apiece, in one go."""
+        """One script call per channel and ``RENEW_BATCH`` connections, pipelined ``MAX_BATCH``
+        calls at a time: renewing each connection on its own cost ~0.1 ms of this process's
+        CPU apiece, and each channel's call on its own ~0.25 ms (a quarter of a second every
+        10 s for 1,000 rooms, in one burst that delayed their messages)."""
         by_channel: dict[str, list[str]] = {}
         for channel, user, connection in tuple(self._local_presence):
             by_channel.setdefault(channel, []).extend((user, connection))
-        for channel, pairs in by_channel.items():
-            keys = [self._key("p", channel), self._key("pu", channel)]
-            for i in range(0, len(pairs), 2 * RENEW_BATCH):
-                _, gone = await self._presence(
-                    keys=keys, args=["add", *pairs[i:i + 2 * RENEW_BATCH], self._presence_ttl_ms])
-                await self._announce_expired(channel, gone)
+        calls = [(channel, pairs[i:i + 2 * RENEW_BATCH]) for channel, pairs in by_channel.items()
+                 for i in range(0, len(pairs), 2 * RENEW_BATCH)]
+        for i in range(0, len(calls), MAX_BATCH):
+            failures = [outcome for outcome in await asyncio.gather(
+                *(self._renew_channel(channel, pairs) for channel, pairs in calls[i:i + MAX_BATCH]),
+                return_exceptions=True) if isinstance(outcome, Exception)]
+            if failures:
+                raise failures[0]
+
+    async def _renew_channel(self, channel: str, pairs: list[str]) -> None:
+        keys = [self._key("p", channel), self._key("pu", channel)]
+        _, gone = await self._batch.script(self._presence, keys, ["add", *pairs, self._presence_ttl_ms])
+        await self._announce_expired(channel, gone)
 
     async def _renew_connections(self) -> None:
         """One script call per ``RENEW_BATCH`` connections, whichever users they belong to."""
