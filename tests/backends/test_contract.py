@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio import ConnectionError as RedisConnectionError
 
 import hubbub.hub.backends.redis as redis_backend
+import hubbub.hub.backends.redis_link as redis_link
 from hubbub.hub.backends.base import Backend, BackendUnavailable, Bucket, Throttled
 from hubbub.hub.backends.redis import RedisBackend
 from hubbub.hub.message import Cursor, History, Message, dumps
@@ -519,19 +520,19 @@ async def test_redis_take_token_script_run_twice_with_one_once_key_takes_one_tok
 
 
 def lose_next_reply(backend: RedisBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The next script call runs in Redis but its reply is lost: redis-py's retry re-sends it."""
-    client = backend._client
-    parse_response = client.parse_response
+    """The next command runs in Redis but its reply is lost with the connection: the batch is
+    sent again on a new one."""
+    replied = redis_link._Wire.replied
     lost: list[str] = []
 
-    async def losing(connection: Any, command_name: Any, **options: Any) -> Any:
-        response = await parse_response(connection, command_name, **options)
-        if command_name == "EVALSHA" and not lost:
-            lost.append(str(response))
-            raise RedisConnectionError("connection reset after the script ran")
-        return response
+    def losing(wire: Any, reply: Any) -> None:
+        if lost:
+            replied(wire, reply)
+            return
+        lost.append(str(reply))
+        wire.drop(RedisConnectionError("connection reset after the script ran"))
 
-    monkeypatch.setattr(client, "parse_response", losing)
+    monkeypatch.setattr(redis_link._Wire, "replied", losing)
     return lost
 
 

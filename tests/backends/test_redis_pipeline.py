@@ -1,5 +1,6 @@
-"""AutoPipeline on the real Redis: commands of one loop turn share a pipeline, and each
-caller still gets its own result or error."""
+"""AutoPipeline and its RedisLink on the real Redis: commands of one loop turn share a
+pipeline, each caller still gets its own result or error, and the link finds its way back
+after a lost connection or an overdue reply."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hubbub.hub.backends import redis as redis_backend
 from hubbub.hub.backends.redis import RedisBackend
-from hubbub.hub.backends.redis_pipeline import MAX_BATCH, AutoPipeline
+from hubbub.hub.backends.redis_link import RedisLink
+from hubbub.hub.backends.redis_pipeline import MAX_BATCH, RETRIES, AutoPipeline
 from hubbub.hub.message import Cursor, Message
 from tests.backends.conftest import REDIS_URL, RedisServer
 
 pytestmark = pytest.mark.redis
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+BUSY_FOR_A_SECOND = """local t = redis.call('TIME')
+repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1000000 + n[2] - t[2] > 1000000
+return 1"""
 
 
 MakeRedis = Callable[..., RedisBackend]
@@ -34,7 +40,7 @@ async def client() -> AsyncIterator[aioredis.Redis]:
 
 async def test_commands_of_one_turn_go_as_one_pipeline_each_with_its_own_reply(
         client: aioredis.Redis, redis_prefix: str) -> None:
-    batch = AutoPipeline(client)
+    batch = AutoPipeline(RedisLink(REDIS_URL))
     await client.set(f"{redis_prefix}k", "v")
     script = client.register_script(INCR_BY)
     await client.script_load(INCR_BY)  # on a Redis that never ran it, NOSCRIPT costs a second batch
@@ -52,14 +58,14 @@ async def test_commands_of_one_turn_go_as_one_pipeline_each_with_its_own_reply(
 
 
 async def test_a_failing_command_fails_only_its_caller(client: aioredis.Redis, redis_prefix: str) -> None:
-    batch = AutoPipeline(client)
+    batch = AutoPipeline(RedisLink(REDIS_URL))
     await client.set(f"{redis_prefix}text", "not a hash")
     async with asyncio.timeout(10):
         results = await asyncio.gather(batch.call("HGET", f"{redis_prefix}text", "field"),
                                        batch.call("SET", f"{redis_prefix}ok", "1"),
                                        return_exceptions=True)
     assert isinstance(results[0], ResponseError) and "WRONGTYPE" in str(results[0])
-    assert results[1] is True
+    assert results[1] == "OK"  # RESP's own reply
     assert await client.get(f"{redis_prefix}ok") == "1"
     await batch.close()
 
@@ -68,7 +74,7 @@ async def test_a_script_redis_forgot_is_loaded_and_run(private_redis: RedisServe
     # A private Redis: SCRIPT FLUSH would pull scripts from under every other test.
     own = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
-        batch = AutoPipeline(own)
+        batch = AutoPipeline(RedisLink(private_redis.url))
         script = own.register_script(INCR_BY)
         await own.script_flush()
         async with asyncio.timeout(10):
@@ -82,7 +88,7 @@ async def test_a_script_redis_forgot_is_loaded_and_run(private_redis: RedisServe
 
 
 async def test_a_turn_bigger_than_a_batch_is_split(client: aioredis.Redis, redis_prefix: str) -> None:
-    batch = AutoPipeline(client)
+    batch = AutoPipeline(RedisLink(REDIS_URL))
     n = 2 * MAX_BATCH + 1
     async with asyncio.timeout(10):
         replies = await asyncio.gather(*(batch.call("INCR", f"{redis_prefix}count") for _ in range(n)))
@@ -93,7 +99,7 @@ async def test_a_turn_bigger_than_a_batch_is_split(client: aioredis.Redis, redis
 
 async def test_a_cancelled_caller_leaves_the_others_their_replies(
         client: aioredis.Redis, redis_prefix: str) -> None:
-    batch = AutoPipeline(client)
+    batch = AutoPipeline(RedisLink(REDIS_URL))
     first = asyncio.ensure_future(batch.call("INCR", f"{redis_prefix}c"))
     second = asyncio.ensure_future(batch.call("INCR", f"{redis_prefix}c"))
     await asyncio.sleep(0)  # both queued
@@ -104,19 +110,71 @@ async def test_a_cancelled_caller_leaves_the_others_their_replies(
     await batch.close()
 
 
-async def test_a_lost_redis_fails_every_caller_of_the_batch(private_redis: RedisServer) -> None:
-    own = aioredis.Redis.from_url(private_redis.url, decode_responses=True, socket_connect_timeout=1)
+async def test_a_lost_redis_fails_every_caller_of_the_batch_and_a_restarted_one_is_found(
+        private_redis: RedisServer) -> None:
+    batch = AutoPipeline(RedisLink(private_redis.url, connect_timeout_s=1))
+    assert await batch.call("PING") == "PONG"
+    await private_redis.stop()
+    async with asyncio.timeout(20):
+        results = await asyncio.gather(*(batch.call("GET", f"k{i}") for i in range(3)),
+                                       return_exceptions=True)
+    assert all(isinstance(r, RedisConnectionError) for r in results), results
+    assert batch.batches == 1 + 1 + RETRIES  # sent once, then again RETRIES times
+    await private_redis.start()
+    async with asyncio.timeout(10):
+        assert await batch.call("SET", "k", "back") == "OK"
+    await batch.close()
+
+
+async def test_the_link_sends_the_password_and_selects_the_database_of_its_url(
+        private_redis: RedisServer) -> None:
+    own = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
-        batch = AutoPipeline(own)
-        assert await batch.call("PING") is True
-        await private_redis.stop()
-        async with asyncio.timeout(20):
-            results = await asyncio.gather(*(batch.call("GET", f"k{i}") for i in range(3)),
-                                           return_exceptions=True)
-        assert all(isinstance(r, RedisConnectionError) for r in results), results
-        await batch.close()
+        await own.config_set("requirepass", "s3cret:/@")
+        authed = aioredis.Redis(port=private_redis.port, password="s3cret:/@", db=3,
+                                decode_responses=True)
+        link = RedisLink(f"redis://:s3cret%3A%2F%40@127.0.0.1:{private_redis.port}/3", name="hub-link")
+        async with asyncio.timeout(10):
+            assert await link.execute([("SET", "k", "in db 3"), ("CLIENT", "GETNAME")]) == [
+                "OK", "hub-link"]
+            assert await authed.get("k") == "in db 3"
+            wrong = RedisLink(f"redis://:nope@127.0.0.1:{private_redis.port}/0")
+            with pytest.raises(AuthenticationError):
+                await wrong.execute([("PING",)])
+            await authed.config_set("requirepass", "")
+        link.close()
+        await authed.aclose()
     finally:
         await own.aclose()
+
+
+async def test_an_overdue_reply_drops_the_connection_and_the_next_batch_has_a_new_one(
+        private_redis: RedisServer) -> None:
+    link = RedisLink(private_redis.url, reply_timeout_s=0.3)
+    own = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+    async with asyncio.timeout(10):
+        first = await link.execute([("CLIENT", "ID")])
+        with pytest.raises(RedisTimeoutError):
+            await link.execute([("EVAL", BUSY_FOR_A_SECOND, 0)])
+        assert await own.ping()  # answered once the script is done
+        # The late reply to the script went with the old connection: none is taken for this one.
+        assert await link.execute([("ECHO", "after")]) == ["after"]
+        assert await link.execute([("CLIENT", "ID")]) != first
+    link.close()
+    await own.aclose()
+
+
+async def test_error_replies_keep_their_place_among_the_others(client: aioredis.Redis,
+                                                                redis_prefix: str) -> None:
+    link = RedisLink(REDIS_URL)
+    await client.set(f"{redis_prefix}text", "a string")
+    async with asyncio.timeout(10):
+        one, two, three = await link.execute([("ECHO", "one"), ("LPUSH", f"{redis_prefix}text", "x"),
+                                              ("EVALSHA", "0" * 40, 0)])
+    assert one == "one"
+    assert isinstance(two, ResponseError) and "WRONGTYPE" in str(two)
+    assert isinstance(three, NoScriptError)
+    link.close()
 
 
 async def test_the_backend_pipelines_a_crowd_of_publishes(make_redis: MakeRedis) -> None:

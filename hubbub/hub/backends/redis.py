@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from hubbub.hub.backends.base import BackendUnavailable, Bucket, Deliver, Throttled
+from hubbub.hub.backends.redis_link import RedisLink
 from hubbub.hub.backends.redis_pipeline import MAX_BATCH, AutoPipeline
 from hubbub.hub.backends.redis_scripts import (
     CONNECTIONS_LUA,
@@ -50,10 +51,10 @@ IDLE_PING_S = 10.0  # an idle pub/sub connection is pinged; no reply in as long 
 RENEW_BATCH = 500  # connections renewed per script call (a few ms of Redis time)
 RESYNC_FRAME = '{"type":"resync"}'
 READ_AHEAD = 1000  # pub/sub replies handed over per turn at most (see _read)
-# Redis connections per process for commands. More commands at once wait (up to POOL_WAIT_S)
-# for one to come free: redis-py's default pool fails them with "Too many connections" past
-# 100 in flight, which a reconnect storm (every newcomer's presence and history) or a drain
-# (every connection's leave) reaches within milliseconds, turning into 503s and 1013 closes.
+# Redis connections per process for the commands off the hot paths (the catch-up after an
+# outage, health checks, metrics, renewals of connection counts; the hot paths share one
+# RedisLink). More at once wait (up to POOL_WAIT_S) for one to come free: redis-py's default
+# pool fails them with "Too many connections" past 100 in flight.
 MAX_CONNECTIONS = 64
 POOL_WAIT_S = 5.0
 
@@ -99,7 +100,8 @@ class RedisBackend:
         # No retries here on purpose: a silent reconnect inside redis-py would skip the catch-up.
         name = "".join(c if "!" <= c <= "~" else "_" for c in f"{prefix}listener")
         self._pubsub_client = aioredis.from_url(url, client_name=name, **common)
-        self._batch = AutoPipeline(self._client)  # the hot paths' commands, pipelined per turn
+        # The hot paths' commands, pipelined per turn on a connection of their own.
+        self._batch = AutoPipeline(RedisLink(url, connect_timeout_s=2.0, reply_timeout_s=5.0))
         self._prefix = prefix
         self._size = history_size
         self._ttl_s = history_ttl_s

@@ -1,26 +1,33 @@
 """Automatic pipelining: the commands awaited in one event-loop turn go to Redis together.
 
-redis-py sends each command on its own pooled connection and waits for its reply: about
-0.25 ms of this process's CPU apiece, more than the hub spends on the message itself. Under
-load many are in flight at once (every POST's rate limit and publish, every newcomer's
-presence and connection count in a reconnect storm); sent as one pipeline they cost
-0.04-0.08 ms each (docs/performance.md). A lone command waits one loop turn longer.
+Under load many commands are in flight at once (every POST's rate limit and publish, every
+newcomer's presence and connection count in a reconnect storm): sent as one pipeline on one
+lean connection (``RedisLink``) they cost a few µs each (docs/performance.md). A lone
+command waits one loop turn longer.
 
 Commands keep their own results and errors: one failing (a ``ResponseError``) fails only its
-caller; a lost connection fails the whole batch. redis-py's retry re-sends a batch whole, so
-what is batched must be safe to repeat, as the scripts are (their ``once`` keys).
+caller; a lost connection or an overdue reply fails the whole batch, which is sent again
+after a short, growing, jittered pause, up to ``RETRIES`` times, as redis-py's retry did: what
+is batched must be safe to repeat, as the scripts are (their ``once`` keys). Replies are
+RESP's own (``SET`` answers "OK"), decoded as UTF-8.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from hubbub.hub.backends.redis_link import RedisLink
 
 MAX_BATCH = 256  # commands per pipeline: a bigger turn goes out as several, in parallel
+RETRIES = 3  # a batch that met a lost connection is sent this many times more at most
+RETRY_BASE_S, RETRY_CAP_S = 0.05, 1.0  # the pause before retry n: up to min(cap, base * 2**n)
 
 _Call = tuple[tuple[Any, ...], "AsyncScript | None", "asyncio.Future[Any]"]
 
@@ -28,8 +35,8 @@ _Call = tuple[tuple[Any, ...], "AsyncScript | None", "asyncio.Future[Any]"]
 class AutoPipeline:
     """``call`` and ``script`` resolve to what the client's own methods would have returned."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
         self._queued: list[_Call] = []
         self._running: set[asyncio.Task[None]] = set()
         self.batches = 0  # round trips made (a test sees the batching by it)
@@ -64,7 +71,9 @@ class AutoPipeline:
             if missing:  # a restarted or flushed Redis: load each script once, then again
                 for script in {id(calls[i][1]): calls[i][1] for i in missing}.values():
                     if script is not None:
-                        await self._client.script_load(script.script)
+                        (loaded,) = await self._execute([("SCRIPT", "LOAD", script.script)])
+                        if isinstance(loaded, Exception):
+                            raise loaded
                 again = await self._execute([calls[i][0] for i in missing])
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
@@ -86,20 +95,21 @@ class AutoPipeline:
                 future.set_result(reply)
 
     async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        self.batches += 1
-        if len(commands) == 1:  # a pipeline's own set-up would cost more than it saves
+        for attempt in range(RETRIES + 1):
+            self.batches += 1
             try:
-                return [await self._client.execute_command(*commands[0])]
-            except ResponseError as exc:
-                return [exc]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+                return await self._link.execute(commands)
+            except (RedisConnectionError, RedisTimeoutError):
+                if attempt == RETRIES:
+                    raise
+            await asyncio.sleep(random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2 ** attempt)))
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        """Waits for the batches under way (their callers are waiting on them too)."""
+        """Waits for the batches under way (their callers are waiting on them too), then
+        closes the link."""
         if self._queued:
             self._flush()
         if self._running:
             await asyncio.wait(self._running)
+        self._link.close()
