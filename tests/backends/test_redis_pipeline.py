@@ -1,6 +1,5 @@
-"""AutoPipeline and its RedisLink on the real Redis: commands of one loop turn share a
-pipeline, each caller still gets its own result or error, and the link finds its way back
-after a lost connection or an overdue reply."""
+"""AutoPipeline on the real Redis: commands of one loop turn share a pipeline, each caller
+still gets its own result or error, and a batch that met a lost connection is sent again."""
 
 from __future__ import annotations
 
@@ -9,9 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from hubbub.hub.backends import redis as redis_backend
 from hubbub.hub.backends.redis import RedisBackend
@@ -23,9 +21,6 @@ from tests.backends.conftest import REDIS_URL, RedisServer
 pytestmark = pytest.mark.redis
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
-BUSY_FOR_A_SECOND = """local t = redis.call('TIME')
-repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1000000 + n[2] - t[2] > 1000000
-return 1"""
 
 
 MakeRedis = Callable[..., RedisBackend]
@@ -124,57 +119,6 @@ async def test_a_lost_redis_fails_every_caller_of_the_batch_and_a_restarted_one_
     async with asyncio.timeout(10):
         assert await batch.call("SET", "k", "back") == "OK"
     await batch.close()
-
-
-async def test_the_link_sends_the_password_and_selects_the_database_of_its_url(
-        private_redis: RedisServer) -> None:
-    own = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
-    try:
-        await own.config_set("requirepass", "s3cret:/@")
-        authed = aioredis.Redis(port=private_redis.port, password="s3cret:/@", db=3,
-                                decode_responses=True)
-        link = RedisLink(f"redis://:s3cret%3A%2F%40@127.0.0.1:{private_redis.port}/3", name="hub-link")
-        async with asyncio.timeout(10):
-            assert await link.execute([("SET", "k", "in db 3"), ("CLIENT", "GETNAME")]) == [
-                "OK", "hub-link"]
-            assert await authed.get("k") == "in db 3"
-            wrong = RedisLink(f"redis://:nope@127.0.0.1:{private_redis.port}/0")
-            with pytest.raises(AuthenticationError):
-                await wrong.execute([("PING",)])
-            await authed.config_set("requirepass", "")
-        link.close()
-        await authed.aclose()
-    finally:
-        await own.aclose()
-
-
-async def test_an_overdue_reply_drops_the_connection_and_the_next_batch_has_a_new_one(
-        private_redis: RedisServer) -> None:
-    link = RedisLink(private_redis.url, reply_timeout_s=0.3)
-    own = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
-    async with asyncio.timeout(10):
-        first = await link.execute([("CLIENT", "ID")])
-        with pytest.raises(RedisTimeoutError):
-            await link.execute([("EVAL", BUSY_FOR_A_SECOND, 0)])
-        assert await own.ping()  # answered once the script is done
-        # The late reply to the script went with the old connection: none is taken for this one.
-        assert await link.execute([("ECHO", "after")]) == ["after"]
-        assert await link.execute([("CLIENT", "ID")]) != first
-    link.close()
-    await own.aclose()
-
-
-async def test_error_replies_keep_their_place_among_the_others(client: aioredis.Redis,
-                                                                redis_prefix: str) -> None:
-    link = RedisLink(REDIS_URL)
-    await client.set(f"{redis_prefix}text", "a string")
-    async with asyncio.timeout(10):
-        one, two, three = await link.execute([("ECHO", "one"), ("LPUSH", f"{redis_prefix}text", "x"),
-                                              ("EVALSHA", "0" * 40, 0)])
-    assert one == "one"
-    assert isinstance(two, ResponseError) and "WRONGTYPE" in str(two)
-    assert isinstance(three, NoScriptError)
-    link.close()
 
 
 async def test_the_backend_pipelines_a_crowd_of_publishes(make_redis: MakeRedis) -> None:

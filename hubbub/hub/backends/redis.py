@@ -19,12 +19,11 @@ import redis.asyncio as aioredis
 from redis.asyncio import ConnectionError as RedisConnectionError
 from redis.asyncio import RedisError
 from redis.asyncio import TimeoutError as RedisTimeoutError
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from hubbub.hub.backends.base import BackendUnavailable, Bucket, Deliver, Throttled
-from hubbub.hub.backends.redis_link import RedisLink
+from hubbub.hub.backends.redis_link import PubSubLink, RedisLink
 from hubbub.hub.backends.redis_pipeline import MAX_BATCH, AutoPipeline
 from hubbub.hub.backends.redis_scripts import (
     CONNECTIONS_LUA,
@@ -97,9 +96,9 @@ class RedisBackend:
             url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, socket_timeout=5.0,
             retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError], **common))
-        # No retries here on purpose: a silent reconnect inside redis-py would skip the catch-up.
-        name = "".join(c if "!" <= c <= "~" else "_" for c in f"{prefix}listener")
-        self._pubsub_client = aioredis.from_url(url, client_name=name, **common)
+        self._url = url
+        # Its name in CLIENT LIST (printable, no spaces).
+        self._listener_name = "".join(c if "!" <= c <= "~" else "_" for c in f"{prefix}listener")
         # The hot paths' commands, pipelined per turn on a connection of their own.
         self._batch = AutoPipeline(RedisLink(url, connect_timeout_s=2.0, reply_timeout_s=5.0))
         self._prefix = prefix
@@ -122,7 +121,7 @@ class RedisBackend:
         self._epoch: str | None = None  # the epoch the seqs in _last belong to
         self._pending: dict[str, asyncio.Event] = {}  # channels whose subscribe() runs
         self._confirmations: dict[str, asyncio.Future[bool]] = {}
-        self._pubsub: PubSub | None = None
+        self._pubsub: PubSubLink | None = None
         self._online = asyncio.Event()
         self._generation = 0  # bumped on every lost pub/sub connection
         # What this process renews, so that what a crashed process held expires.
@@ -153,7 +152,6 @@ class RedisBackend:
                 task.cancel()
                 await asyncio.wait([task], timeout=0.1)
         await self._batch.close()
-        await self._pubsub_client.aclose()
         await self._client.aclose()
 
     async def subscribe(self, channel: str) -> None:
@@ -174,7 +172,7 @@ class RedisBackend:
                 generation, pubsub = self._generation, self._pubsub
                 confirmed = self._confirmations[topic] = asyncio.get_running_loop().create_future()
                 if pubsub is not None:
-                    await pubsub.subscribe(topic)
+                    pubsub.subscribe(topic)
                 if pubsub is None or not await confirmed:
                     raise RedisConnectionError("pub/sub connection lost during subscribe")
                 # Read after the confirmation: later publishes have larger seqs and arrive live.
@@ -200,7 +198,7 @@ class RedisBackend:
         if self._last.pop(channel, None) is None or (pubsub := self._pubsub) is None:
             return
         try:
-            await pubsub.unsubscribe(self._topic(channel))
+            pubsub.unsubscribe(self._topic(channel))
         except RedisError:
             log.debug("unsubscribe of %r not sent; the reconnect leaves it out", channel)
 
@@ -389,7 +387,8 @@ class RedisBackend:
         """Owns the pub/sub connection: connects, resubscribes, catches up, reads; on loss, again."""
         failures = 0
         while True:
-            pubsub = self._pubsub_client.pubsub()
+            # Not retried inside: a reconnect the listener did not see would skip the catch-up.
+            pubsub = PubSubLink(self._url, connect_timeout_s=2.0, name=self._listener_name)
             try:
                 await self._resubscribe(pubsub)
                 failures = 0
@@ -408,33 +407,32 @@ class RedisBackend:
                 for confirmed in self._confirmations.values():
                     if not confirmed.done():
                         confirmed.set_result(False)
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                pubsub.close()
             delay = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**failures)
             failures += 1
             await asyncio.sleep(random.uniform(delay / 2, delay))  # jitter: processes spread out
 
-    async def _resubscribe(self, pubsub: PubSub) -> None:
+    async def _resubscribe(self, pubsub: PubSubLink) -> None:
         """Subscribes the channels again, then delivers what they missed before any live one."""
         channels = [c for c in self._last if c not in self._pending]
-        await pubsub.connect()  # type: ignore[no-untyped-call]  # even with no channel yet
-        held: list[dict[str, Any]] = []
+        await pubsub.connect()  # even with no channel yet
+        held: list[list[Any]] = []
         if channels:
             waiting = {self._topic(c) for c in channels}
-            await pubsub.subscribe(*waiting)
+            pubsub.subscribe(*waiting)
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
                 while waiting:
-                    reply = await pubsub.get_message(timeout=None)
-                    if reply is not None and reply["type"] == "subscribe":
-                        waiting.discard(reply["channel"])
-                    elif reply is not None and reply["type"] == "message":
-                        held.append(reply)  # handled after the catch-up, deduplicated by seq
+                    for reply in await pubsub.read(None, READ_AHEAD):
+                        if reply[0] == "subscribe":
+                            waiting.discard(reply[1])
+                        elif reply[0] == "message":
+                            held.append(reply)  # handled after the catch-up, deduplicated by seq
             await self._catch_up(channels)
-        for reply in held:
-            self._on_message(reply)
+        for _, topic, data in held:
+            self._on_message(topic, data)
         gone = [self._topic(c) for c in channels if c not in self._last]
         if gone:  # unsubscribed while we were reconnecting
-            await pubsub.unsubscribe(*gone)
+            pubsub.unsubscribe(*gone)
         self._pubsub = pubsub
         self._online.set()
 
@@ -458,15 +456,15 @@ class RedisBackend:
         for message in heapq.merge(*self._messages(channels, ranges, epoch), key=_seq):
             self._accept(message)
 
-    async def _read(self, pubsub: PubSub) -> None:
+    async def _read(self, pubsub: PubSubLink) -> None:
         silent = 0
         while True:
-            reply = await pubsub.get_message(timeout=IDLE_PING_S)
-            if reply is None:
+            replies = await pubsub.read(IDLE_PING_S, READ_AHEAD)
+            if not replies:
                 silent += 1
                 if silent > 1:
                     raise RedisConnectionError("pub/sub connection silent, PING unanswered")
-                await pubsub.ping()
+                pubsub.ping()
                 continue
             silent = 0
             # Everything already read, then one turn of the loop before handing it over. The
@@ -475,24 +473,21 @@ class RedisBackend:
             # publishers' next POSTs share one pipeline and more messages share each socket
             # write. One room of 1,000: Redis went from ~0.7x to ~1.0-1.3x the memory hub's
             # deliveries per CPU-second (docs/performance.md).
-            replies = [reply]
-            while len(replies) < READ_AHEAD and (reply := await pubsub.get_message(timeout=0)):
-                replies.append(reply)
             await asyncio.sleep(0)
             for reply in replies:
                 self._on_reply(reply)
 
-    def _on_reply(self, reply: dict[str, Any]) -> None:
-        if reply["type"] == "message":
-            self._on_message(reply)
-        elif reply["type"] == "subscribe":
-            confirmed = self._confirmations.get(reply["channel"])
+    def _on_reply(self, reply: list[Any]) -> None:
+        kind = reply[0]
+        if kind == "message":
+            self._on_message(reply[1], reply[2])
+        elif kind == "subscribe":
+            confirmed = self._confirmations.get(reply[1])
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(True)
 
-    def _on_message(self, reply: dict[str, Any]) -> None:
-        channel = reply["channel"][len(self._topic("")):]
-        data: str = reply["data"]
+    def _on_message(self, topic: str, data: str) -> None:
+        channel = topic[len(self._prefix) + 2:]  # the topic is {prefix}c:{channel}
         if data[0] == "l":
             if channel in self._last:
                 self._hand_over(Message(channel, data[1:]))
