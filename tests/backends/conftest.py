@@ -74,6 +74,14 @@ async def delete_keys(prefix: str, url: str = REDIS_URL) -> None:
 
 
 @pytest.fixture
+async def client() -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client on the shared Redis, to look at what a test left there."""
+    made = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield made
+    await made.aclose()
+
+
+@pytest.fixture
 async def make_redis(redis_prefix: str) -> AsyncIterator[Callable[..., RedisBackend]]:
     """Makes RedisBackends sharing one prefix: several "processes" of one app."""
     made: list[RedisBackend] = []

@@ -4,7 +4,6 @@ PubSubLink (pushes read ahead into a bounded queue), each after a lost connectio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,13 +20,6 @@ pytestmark = pytest.mark.redis
 BUSY_FOR_A_SECOND = """local t = redis.call('TIME')
 repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1000000 + n[2] - t[2] > 1000000
 return 1"""
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aioredis.Redis]:
-    made = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield made
-    await made.aclose()
 
 
 async def test_the_link_sends_the_password_and_selects_the_database_of_its_url(

@@ -4,7 +4,7 @@ still gets its own result or error, and a batch that met a lost connection is se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -24,13 +24,6 @@ INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
 
 MakeRedis = Callable[..., RedisBackend]
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aioredis.Redis]:
-    made = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield made
-    await made.aclose()
 
 
 async def test_commands_of_one_turn_go_as_one_pipeline_each_with_its_own_reply(
