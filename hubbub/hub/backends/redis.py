@@ -102,6 +102,7 @@ class RedisBackend:
         # The hot paths' commands, pipelined per turn on a connection of their own.
         self._batch = AutoPipeline(RedisLink(url, connect_timeout_s=2.0, reply_timeout_s=5.0))
         self._prefix = prefix
+        self._topic_prefix_len = len(self._topic(""))  # a pub/sub topic is this long before its channel
         self._size = history_size
         self._ttl_s = history_ttl_s
         self._presence_ttl_s = presence_ttl_s
@@ -487,7 +488,7 @@ class RedisBackend:
                 confirmed.set_result(True)
 
     def _on_message(self, topic: str, data: str) -> None:
-        channel = topic[len(self._prefix) + 2:]  # the topic is {prefix}c:{channel}
+        channel = topic[self._topic_prefix_len:]
         if data[0] == "l":
             if channel in self._last:
                 self._hand_over(Message(channel, data[1:]))

@@ -107,7 +107,7 @@ class _Wire(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection to Redis lost ({exc or 'closed by the server'})"))
 
-    def send(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+    def send(self, commands: Sequence[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
         """Writes the commands; the future has their replies."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         try:
@@ -118,11 +118,12 @@ class _Wire(asyncio.Protocol):
         self._batches.append(_Batch(future, len(commands)))
         return future
 
-    def write(self, commands: Sequence[Sequence[Any]]) -> None:
-        """Writes the commands, expecting no reply for them (pub/sub: pushed instead)."""
+    def write(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        """Writes the commands (tuples, as hiredis packs them), expecting no reply for them
+        (pub/sub: pushed instead)."""
         if self.lost is not None or self._transport is None or self._transport.is_closing():
             raise self.lost or RedisConnectionError("connection to Redis closed")
-        self._transport.write(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
+        self._transport.write(b"".join([hiredis.pack_command(c) for c in commands]))
 
     def pause(self, paused: bool) -> None:
         """Stops (or resumes) reading: Redis holds what comes meanwhile, up to its limit."""
@@ -215,7 +216,7 @@ class RedisLink:
         self._wire: _Wire | None = None
         self._connecting: asyncio.Task[_Wire] | None = None
 
-    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         wire = self._wire
         if wire is None or wire.lost is not None:
             wire = await self._connected()
@@ -266,7 +267,6 @@ class PubSubLink:
         self._queue: deque[Any] = deque()
         self._wire: _Wire | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._lost: Exception | None = None
         self._paused = False
 
     async def connect(self) -> None:
@@ -292,8 +292,8 @@ class PubSubLink:
         connection is lost and what it read is taken, ConnectionError."""
         queue = self._queue
         if not queue:
-            if self._lost is not None:
-                raise self._lost
+            if self._wire is not None and self._wire.lost is not None:
+                raise self._wire.lost
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(timeout_s):
@@ -302,8 +302,8 @@ class PubSubLink:
                 return []
             finally:
                 self._waiter = None
-            if not queue:
-                raise self._lost or RedisConnectionError("pub/sub connection lost")
+            if not queue:  # woken by the loss
+                raise (self._wire and self._wire.lost) or RedisConnectionError("pub/sub connection lost")
         if len(queue) <= limit:
             taken = list(queue)
             queue.clear()
@@ -323,7 +323,6 @@ class PubSubLink:
             self._wire.pause(True)
 
     def lost(self, why: Exception) -> None:
-        self._lost = why
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 

@@ -95,7 +95,8 @@ class AutoPipeline:
                 future.set_result(reply)
 
     async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        for attempt in range(RETRIES + 1):
+        attempt = 0
+        while True:
             self.batches += 1
             try:
                 return await self._link.execute(commands)
@@ -103,7 +104,7 @@ class AutoPipeline:
                 if attempt == RETRIES:
                     raise
             await asyncio.sleep(random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2 ** attempt)))
-        raise AssertionError("unreachable")
+            attempt += 1
 
     async def close(self) -> None:
         """Waits for the batches under way (their callers are waiting on them too), then
