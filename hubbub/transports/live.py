@@ -26,7 +26,6 @@ from hubbub.errors import Close
 from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.message import Message
 from hubbub.hub.outbox import SlowConsumer, Subscription
-from hubbub.metrics import channel_kind
 from hubbub.transports.channels import client_names
 from hubbub.transports.common import Services, welcome_frame
 from hubbub.transports.hypercorn_bridge import CLOSE_GRACE_S, Bridge
@@ -134,14 +133,16 @@ class LiveConnection:
         frame for the connection's whole life (~0.2-0.3 KB)."""
         self._opened = time.monotonic()
         metrics = self.svc.metrics
-        metrics.opened.labels(self.transport, self.endpoint).inc()
-        metrics.connections.labels(self.transport, self.endpoint).inc()
-        user, channel = self._log_names()
-        fields = {"user": user, "transport": self.transport, "channel": channel}
-        connections_log.info("connection opened: %s %s %s", user, self.transport, channel,
-                             extra={"fields": fields})
+        opened, connections = metrics.live(self.transport, self.endpoint)
+        opened.inc()
+        connections.inc()
+        if connections_log.isEnabledFor(logging.INFO):
+            user, channel = self._log_names()
+            fields = {"user": user, "transport": self.transport, "channel": channel}
+            connections_log.info("connection opened: %s %s %s", user, self.transport, channel,
+                                 extra={"fields": fields})
         for subscribed in self.sub.channels:
-            metrics.subscriptions.labels(channel_kind(subscribed)).inc()
+            metrics.subscribed(subscribed).inc()
         self.sub.attach(self, self.direct.try_write if self.direct is not None else None)
         if self.bridge is not None:
             self.bridge.listener = self
@@ -164,11 +165,12 @@ class LiveConnection:
         if self._opened is None:
             return
         metrics = self.svc.metrics
-        self._log_closed(time.monotonic() - self._opened)
+        if connections_log.isEnabledFor(logging.INFO):
+            self._log_closed(time.monotonic() - self._opened)
         self._opened = None
-        metrics.connections.labels(self.transport, self.endpoint).dec()
+        metrics.live(self.transport, self.endpoint)[1].dec()
         for subscribed in self.sub.channels:
-            metrics.subscriptions.labels(channel_kind(subscribed)).dec()
+            metrics.subscribed(subscribed).dec()
         self.sub.detach()
         if self.bridge is not None:
             self.bridge.listener = None

@@ -21,7 +21,6 @@ from hubbub.hub.backends.base import BackendUnavailable
 from hubbub.hub.message import Message, dumps
 from hubbub.hub.wire import websocket_frame, websocket_text_frame
 from hubbub.limits import LocalBucket
-from hubbub.metrics import channel_kind
 from hubbub.transports.asgi import Receive, Request, Send, reject_upgrade
 from hubbub.transports.channels import (
     ChannelsFor,
@@ -352,7 +351,7 @@ class WebSocketConnection(LiveConnection):
                 for channel in wanted:
                     if await hub.add_channel(sub, channel):
                         added.append(channel)
-                        metrics.subscriptions.labels(channel_kind(channel)).inc()
+                        metrics.subscribed(channel).inc()
                     if channel.startswith("room:"):
                         await self.join(channel)
             except BackendUnavailable:
@@ -368,7 +367,7 @@ class WebSocketConnection(LiveConnection):
         for channel in channels:
             await self.leave(channel)
             if await self.svc.hub.remove_channel(self.sub, channel):
-                self.svc.metrics.subscriptions.labels(channel_kind(channel)).dec()
+                self.svc.metrics.subscribed(channel).dec()
 
 
 class BinaryFrame(Message):
