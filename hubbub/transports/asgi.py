@@ -48,7 +48,11 @@ class Request:
         """Query arguments; the first value of a repeated one wins."""
         args: dict[str, str] = {}
         query = self.scope["query_string"].decode("latin-1")
-        for key, value in parse_qsl(query, keep_blank_values=True):
+        if "%" in query or "+" in query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+        else:  # nothing to unquote: what parse_qsl returns, at under half its cost
+            pairs = [part.partition("=")[::2] for part in query.split("&") if part]
+        for key, value in pairs:
             args.setdefault(key, value)
         return args
 
