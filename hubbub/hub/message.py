@@ -23,17 +23,24 @@ from hubbub.protocol import SERVER_FRAMES
 STAMPED_FIELDS = ("id", "channel", "sender", "timestamp")
 
 
+# Made once: json.dumps with any option builds a new encoder on every call (~1.5 µs).
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_COMPACT_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON; non-ASCII kept as is (SSE and WebSocket text are UTF-8).
 
     Lone surrogates (valid in Python strings, not in UTF-8) are escaped instead, so
     server-side data can never produce a frame that fails to encode for every subscriber.
     """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _COMPACT.encode(value)
+    if text.isascii():  # a flag of the string: no encoding to try
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        return _COMPACT_ASCII.encode(value)
     return text
 
 
