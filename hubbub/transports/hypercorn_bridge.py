@@ -14,6 +14,9 @@ on the stream object behind the ``send`` callable it hands the app for a request
       .buffer                           where a WebSocket message is gathered (limited here)
       .handle                           each event from the peer (wrapped on this instance)
       .context.terminated               set when the worker begins to shut down
+      (HTTPStream) .state, .response    moved to RESPONSE when a streamed head is written here
+      (HTTP/1.1) .send.__self__.connection   the h11.Connection: its ._process_event() and
+                                        ._cstate.keep_alive, to note a head written here
       (HTTP/2) .send.__self__.connection, .stream_buffers, ._flush(), ._close_stream()
                                         to reset one stream without touching its neighbours
 
@@ -29,10 +32,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+from h11 import SEND_RESPONSE, LocalProtocolError
+from h11 import Connection as H11Connection
+from h11 import Response as H11Response
 
 from hubbub.hub.message import Message
 from hubbub.transports.pong_filter import PongFilter
@@ -43,6 +50,7 @@ log = logging.getLogger(__name__)
 TESTED_HYPERCORN = ((0, 18),)  # (major, minor) releases whose internals this module knows
 CLOSE_GRACE_S = 2.0  # a peer sent its close frame has this long to answer before it is dropped
 _PING_FRAME = b"\x89\x00"  # FIN + ping, no payload, unmasked (RFC 6455 §5.5.2)
+_CHUNKED = [(b"Transfer-Encoding", b"chunked")]  # what h11 adds to a head of unknown length
 
 
 @cache
@@ -61,7 +69,7 @@ def status() -> tuple[bool, str]:
         from hypercorn.protocol.events import Body, Data  # noqa: F401
         from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
         from hypercorn.protocol.h11 import H11Protocol
-        from hypercorn.protocol.http_stream import HTTPStream
+        from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream  # noqa: F401
         from hypercorn.protocol.ws_stream import FrameTooLargeError, WSStream  # noqa: F401
     except ImportError as error:
         return False, f"Hypercorn {installed} has moved its internals ({error})"
@@ -69,7 +77,7 @@ def status() -> tuple[bool, str]:
         (WSStream, "app_send"), (HTTPStream, "app_send"), (WSStream, "handle"),
         (WSStream, "_send_wsproto_event"), (H11Protocol, "stream_send"),
         (TCPServer, "protocol_send"), (H2Protocol, "_flush"), (H2Protocol, "_close_stream"),
-        (StreamBuffer, "close"), (StreamBuffer, "drain"),
+        (StreamBuffer, "close"), (StreamBuffer, "drain"), (H11Connection, "_process_event"),
     ) if not hasattr(cls, name)]
     if missing:
         return False, f"Hypercorn {installed} lacks {', '.join(missing)}"
@@ -109,18 +117,15 @@ class Bridge:
         """
         if not status()[0]:
             return None
-        from hypercorn.protocol.h11 import H11Protocol
-        from hypercorn.protocol.http_stream import HTTPStream
-        from hypercorn.protocol.ws_stream import WSStream
-
+        hypercorn = _hypercorn()
         stream = getattr(send, "__self__", None)
-        if not isinstance(stream, WSStream | HTTPStream):
+        if not isinstance(stream, hypercorn.streams):
             return None
         protocol: Any = getattr(stream.send, "__self__", None)
-        h11 = isinstance(protocol, H11Protocol)
+        h11 = isinstance(protocol, hypercorn.H11Protocol)
         tcp_server = getattr(protocol.send, "__self__", None) if h11 else None
         bridge = cls(stream, getattr(tcp_server, "writer", None), h11)
-        if websocket and isinstance(stream, WSStream):
+        if websocket and isinstance(stream, hypercorn.WSStream):
             bridge._take_websocket(stream, compression, max_message_bytes)
             if tcp_server is not None:  # HTTP/1.1: this connection's bytes are this stream's
                 PongFilter.install(getattr(tcp_server, "reader", None),
@@ -160,6 +165,36 @@ class Bridge:
         if not self.h11 or self.compressed or self._writer is None:
             return None
         return DirectWriter(self._writer, encode, batcher)
+
+    def start_chunked(self, status: int, header_block: bytes) -> bytes | None:
+        """The head of a streamed response for the caller to write straight to the socket,
+        ahead of its first chunk, in one write. Hypercorn's stream and h11 are moved on as
+        if the server had sent it: the body's chunks and its end still go through them.
+
+        Hypercorn builds a head through h11, which validates every header of every response
+        again: about a tenth of an SSE connect's CPU. ``header_block``: the app's headers,
+        encoded once by ``header_block()``. None when the head must go through the server
+        (HTTP/2, HTTP/1.0, a closing connection, a request not in the expected state).
+        """
+        stream = self._stream
+        hypercorn = _hypercorn()
+        if not self.h11 or self._writer is None or getattr(stream, "state", None) is not hypercorn.REQUEST:
+            return None
+        protocol: Any = stream.send.__self__
+        connection = protocol.connection
+        if (type(connection) is not H11Connection or connection.our_state is not SEND_RESPONSE
+                or connection.their_http_version != b"1.1" or not connection._cstate.keep_alive
+                or protocol.keep_alive_requests >= protocol.config.keep_alive_max_requests):
+            return None  # h11 would add Connection: close, or send no chunks at all
+        try:  # h11's own state change for a sent head, without building the bytes
+            connection._process_event(connection.our_role,
+                                      H11Response(status_code=status, headers=_CHUNKED, _parsed=True))
+        except LocalProtocolError:
+            return None
+        stream.response = {"type": "http.response.start", "status": status}  # for its access log
+        stream.state = hypercorn.RESPONSE
+        return b"HTTP/1.1 %d \r\n%s%sTransfer-Encoding: chunked\r\n\r\n" % (
+            status, header_block, _server_headers(protocol.config))
 
     def ping(self) -> None:
         """A WebSocket protocol ping (browsers answer by themselves), unless the socket is backed
@@ -224,6 +259,47 @@ class Bridge:
         to (a signal to it or to Hypercorn's supervisor, or ``serve()``'s trigger). It holds
         the worker's context only, not this connection."""
         return self._stream.context.terminated.wait()  # type: ignore[no-any-return]
+
+
+def header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Response headers as a head carries them, for ``Bridge.start_chunked``; h11 checks them
+    here, once, as it would on every response."""
+    headers = list(headers)
+    H11Response(status_code=200, headers=headers)  # raises LocalProtocolError on a bad one
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+
+
+_server_head: tuple[int, Any, bytes] = (0, None, b"")
+
+
+def _server_headers(config: Any) -> bytes:
+    """What Hypercorn adds to every head (date, server, alt-svc), encoded once a second."""
+    global _server_head
+    second, cached_config, block = _server_head
+    now = int(time.time())
+    if now != second or config is not cached_config:
+        block = b"".join(b"%s: %s\r\n" % pair for pair in config.response_headers("h11"))
+        _server_head = (now, config, block)
+    return block
+
+
+class _Hypercorn(NamedTuple):
+    H11Protocol: type[Any]
+    WSStream: type[Any]
+    streams: tuple[type[Any], type[Any]]  # WSStream, HTTPStream
+    REQUEST: Any  # an HTTPStream's state before its response head,
+    RESPONSE: Any  # and after
+
+
+@cache
+def _hypercorn() -> _Hypercorn:
+    """Hypercorn's classes, imported once the fast path is known to be on (``status()``)."""
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+    from hypercorn.protocol.ws_stream import WSStream
+
+    return _Hypercorn(H11Protocol, WSStream, (WSStream, HTTPStream), ASGIHTTPState.REQUEST,
+                      ASGIHTTPState.RESPONSE)
 
 
 class MessageBuffer:

@@ -109,11 +109,6 @@ class LiveConnection:
         return welcome_frame(client_names(channels) if self.multi else channels[0], self.principal.user,
                              self.sub.recovered, self.svc.settings.heartbeat_interval_s)
 
-    async def greet(self, welcome: str) -> None:
-        """Sends the welcome: straight to the socket when the wire allows, like every message
-        after it (Hypercorn's own send path costs ~5% of a connect); through the server otherwise."""
-        raise NotImplementedError
-
     async def send_batch(self, batch: Sequence[Message]) -> None:
         """Writes a batch through the server (no direct writer: HTTP/2, compression, …)."""
         raise NotImplementedError

@@ -1,9 +1,9 @@
 """Server-Sent Events transport: /sse/chat, /sse/notifications, /sse (ASGI handlers, see asgi.py).
 
-The response head goes through the server; the first chunk (a comment, the retry
-hint, the welcome) and then each message's shared chunk are written straight to the
-socket (see live.py). Events come from sse-starlette's encoder, built once per
-message (Message.sse).
+On the fast path (HTTP/1.1 on Hypercorn) the response head and the first chunk (a
+comment, the retry hint, the welcome) leave in one write straight to the socket, and
+then each message's shared chunk (see live.py); the ending goes through the server.
+Events come from sse-starlette's encoder, built once per message (Message.sse).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from hubbub.transports.common import (
     refuse_while_draining,
     require_principal,
 )
-from hubbub.transports.hypercorn_bridge import Bridge
+from hubbub.transports.hypercorn_bridge import Bridge, header_block
 from hubbub.transports.live import BACKEND_DOWN, Closing, LiveConnection
 
 _HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -39,6 +39,7 @@ _HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X
 # Shared by every stream without CORS headers: the server keeps the start message for the
 # stream's life, so a copy per connection would cost ~0.5 KB each. Nothing mutates it.
 _START = {"type": "http.response.start", "status": 200, "headers": raw_headers(_HEADERS)}
+_HEAD = header_block(raw_headers(_HEADERS))  # the same, for a head written here (no CORS headers)
 _HEARTBEAT = ServerSentEvent(comment="", sep="\n").encode()
 _HEARTBEAT_CHUNK = http_chunk(_HEARTBEAT)
 # With ?heartbeat=1 the heartbeat is an event the page sees (EventSource hides comments), so
@@ -101,12 +102,11 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                 # Not ``async with hub.subscribe()``: two objects more kept for the stream's life.
                 sub = await svc.hub.open_subscription(channels, cursor=cursor, connection_id=connection_id)
                 try:
-                    await send(start)
-                    started = True
                     connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge,
                                                multi=multi)
                     connection.visible_heartbeat = request.args.get("heartbeat") == "1"
-                    await connection.greet(connection.welcome())
+                    await connection.start(start)
+                    started = True
                     try:
                         await connection.open()
                         # Reads the request's (empty) body until the peer is gone. Here, not in a
@@ -149,11 +149,19 @@ class SSEConnection(LiveConnection):
     def wire_allows_direct(self, scope: dict[str, Any]) -> bool:
         return scope.get("http_version") == "1.1"  # chunked bodies: HTTP/1.1 only
 
-    async def greet(self, welcome: str) -> None:
-        # A comment first flushes proxies; then the retry hint and the welcome event.
-        body = _HEARTBEAT + _retry_event(welcome)
+    async def start(self, start: dict[str, Any]) -> None:
+        """The response head and the greeting: a comment first flushes proxies; then the
+        retry hint and the welcome event. On the fast path both leave in one write, the
+        shared head built by the bridge rather than by the server."""
+        head = None
+        if self.direct is not None and start is _START:
+            assert self.bridge is not None
+            head = self.bridge.start_chunked(200, _HEAD)
+        if head is None:
+            await self.send(start)
+        body = _HEARTBEAT + _retry_event(self.welcome())
         if self.direct is not None:
-            self.direct.write_bytes(http_chunk(body))
+            self.direct.write_bytes((head or b"") + http_chunk(body))
         else:
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
 

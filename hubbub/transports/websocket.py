@@ -255,6 +255,8 @@ class WebSocketConnection(LiveConnection):
         self._changes = LocalBucket(CHANNEL_CHANGES_PER_S, limit) if self.multi else None
 
     async def greet(self, welcome: str) -> None:
+        """Sends the welcome: straight to the socket when the wire allows, like every message
+        after it (Hypercorn's own send path costs ~5% of a connect); through the server otherwise."""
         if self.direct is not None:
             self.direct.write_bytes(websocket_text_frame(welcome.encode()))
         else:

@@ -97,3 +97,72 @@ async def test_outside_the_tested_range_starts_with_a_warning_and_the_plain_path
         hypercorn_bridge.status.cache_clear()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("fast path off" in w and "outside the tested range" in w for w in warnings), warnings
+
+
+async def _sse_head(port: int, token: str) -> tuple[bytes, bytes]:
+    """A raw GET of /sse/chat: the response head, and what followed it in the same reads."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET /sse/chat?room=lobby&token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        async with asyncio.timeout(5):
+            while b"welcome" not in received:
+                chunk = await reader.read(65536)
+                assert chunk, received
+                received += chunk
+    finally:
+        writer.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _without_date(head: bytes) -> bytes:
+    return b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"date: "))
+
+
+async def test_an_sse_head_written_directly_is_the_one_hypercorn_writes(
+        live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    heads: list[bytes | None] = []
+    start_chunked = hypercorn_bridge.Bridge.start_chunked
+
+    def recording(bridge: hypercorn_bridge.Bridge, status: int, block: bytes) -> bytes | None:
+        heads.append(start_chunked(bridge, status, block))
+        return heads[-1]
+
+    monkeypatch.setattr(hypercorn_bridge.Bridge, "start_chunked", recording)
+    direct, first_chunk = await _sse_head(live_server.port, live_server.token("alice"))
+    assert len(heads) == 1 and heads[0] is not None and heads[0].startswith(direct)
+    monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
+    hypercorn_bridge.status.cache_clear()
+    try:
+        async with run_server() as plain_server:
+            plain, _ = await _sse_head(plain_server.port, plain_server.token("alice"))
+    finally:
+        hypercorn_bridge.status.cache_clear()
+    assert direct.startswith(b"HTTP/1.1 200 \r\n") and b"\r\ndate: " in direct
+    assert _without_date(direct) == _without_date(plain)
+    assert direct.endswith(b"Transfer-Encoding: chunked")
+    assert b"event: welcome" not in first_chunk and b'"type":"welcome"' in first_chunk
+
+
+async def test_an_sse_stream_with_a_direct_head_ends_through_hypercorn_on_a_reusable_connection(
+        live_server: LiveServer) -> None:
+    """The head is written past h11, so h11 must still know it went: the ending's last
+    chunk is h11's, and the connection then serves the next request."""
+    token = live_server.token("brief", ttl_s=1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", live_server.port)
+    try:
+        writer.write(f"GET /sse/notifications?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        async with asyncio.timeout(5):  # the token expires after 1 s: the stream ends
+            while not received.endswith(b"\r\n0\r\n\r\n"):
+                chunk = await reader.read(65536)
+                assert chunk, received
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 200 ") and b'"type":"welcome"' in received
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            answer = await reader.readuntil(b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()
