@@ -37,7 +37,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NamedTuple, Protocol
 
-from h11 import SEND_RESPONSE, LocalProtocolError
+from h11 import SEND_RESPONSE, SERVER, LocalProtocolError
 from h11 import Connection as H11Connection
 from h11 import Response as H11Response
 
@@ -77,10 +77,13 @@ def status() -> tuple[bool, str]:
         (WSStream, "app_send"), (HTTPStream, "app_send"), (WSStream, "handle"),
         (WSStream, "_send_wsproto_event"), (H11Protocol, "stream_send"),
         (TCPServer, "protocol_send"), (H2Protocol, "_flush"), (H2Protocol, "_close_stream"),
-        (StreamBuffer, "close"), (StreamBuffer, "drain"), (H11Connection, "_process_event"),
+        (StreamBuffer, "close"), (StreamBuffer, "drain"),
     ) if not hasattr(cls, name)]
     if missing:
         return False, f"Hypercorn {installed} lacks {', '.join(missing)}"
+    h11_state = getattr(H11Connection(SERVER), "_cstate", None)
+    if not hasattr(H11Connection, "_process_event") or not hasattr(h11_state, "keep_alive"):
+        return False, f"h11 {version('h11')} has moved its internals (Connection._process_event, ._cstate)"
     return True, f"Hypercorn {installed}"
 
 

@@ -23,6 +23,18 @@ def test_fast_path_available_with_the_pinned_hypercorn() -> None:
     assert fast, why
 
 
+def test_the_fast_path_is_off_when_h11_moves_what_the_bridge_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import h11
+
+    monkeypatch.delattr(h11.Connection, "_process_event")
+    hypercorn_bridge.status.cache_clear()
+    try:
+        fast, why = hypercorn_bridge.status()
+    finally:
+        hypercorn_bridge.status.cache_clear()
+    assert not fast and "h11" in why and "_process_event" in why
+
+
 async def test_every_live_connection_on_http11_writes_directly(live_server: LiveServer) -> None:
     token = live_server.token("alice")
     async with live_server.http() as client, \
