@@ -29,23 +29,30 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Request:
-    """What a live handler reads off the scope. Nothing is parsed ahead or kept: the request
-    object lives as long as the connection, and a handler reads a few values once.
+    """What a live handler reads off the scope, each part parsed once when first read. A
+    handler drops its request once the connection is set up (``del request``): nothing
+    read here stays for the connection's life.
     ``route``: the pattern it matched (a metrics label: never a room name)."""
 
-    __slots__ = ("scope", "route")
+    __slots__ = ("scope", "route", "_args", "_headers")
 
     def __init__(self, scope: Scope, route: str) -> None:
         self.scope = scope
         self.route = route
+        self._args: dict[str, str] | None = None
+        self._headers: Headers | None = None
 
     @property
     def headers(self) -> Headers:
-        return Headers(self.scope["headers"])
+        if self._headers is None:
+            self._headers = Headers(self.scope["headers"])
+        return self._headers
 
     @property
     def args(self) -> dict[str, str]:
         """Query arguments; the first value of a repeated one wins."""
+        if self._args is not None:
+            return self._args
         args: dict[str, str] = {}
         query = self.scope["query_string"].decode("latin-1")
         if "%" in query or "+" in query:
@@ -54,6 +61,7 @@ class Request:
             pairs = [part.partition("=")[::2] for part in query.split("&") if part]
         for key, value in pairs:
             args.setdefault(key, value)
+        self._args = args
         return args
 
     @property
@@ -71,19 +79,23 @@ class Request:
 
 
 class Headers:
-    """Case-insensitive ``get`` (first value wins) over an ASGI header list."""
+    """Case-insensitive ``get`` (first value wins) over an ASGI header list, indexed on the
+    first ``get``: a connect looks up half a dozen names."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_raw", "_index")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self._raw = raw
+        self._index: dict[bytes, bytes] | None = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for key, value in self._raw:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return default
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for key, value in self._raw:
+                index.setdefault(key.lower(), value)
+        found = index.get(name.lower().encode("latin-1"))
+        return default if found is None else found.decode("latin-1")
 
 
 def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

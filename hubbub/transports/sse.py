@@ -105,6 +105,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                     connection = SSEConnection(svc, principal, sub, request.scope, send, room, bridge,
                                                multi=multi)
                     connection.visible_heartbeat = request.args.get("heartbeat") == "1"
+                    del request  # what it parsed is not kept for the stream's life
                     await connection.start(start)
                     started = True
                     try:

@@ -216,6 +216,7 @@ async def _serve(svc: Services, request: Request, receive: Receive, send: Send, 
                     accepted = True
                 connection = WebSocketConnection(svc, principal, subscription, request.scope, send, room,
                                                  bridge, multi=multi)
+                del request  # what it parsed is not kept for the connection's life
                 await connection.greet(connection.welcome())
                 try:
                     await connection.open()
