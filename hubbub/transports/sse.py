@@ -56,7 +56,11 @@ def retry_hint_ms() -> int:
 
 
 def _retry_event(data: str | None = None) -> bytes:
-    return ServerSentEvent(data, retry=retry_hint_ms(), sep="\n").encode()
+    """The retry hint, with ``data`` (a JSON frame) as the event's data when given."""
+    if data is None or "\n" in data or "\r" in data:
+        return ServerSentEvent(data, retry=retry_hint_ms(), sep="\n").encode()
+    # One line: the encoder's bytes, formatted directly (it takes ~4 µs, a connect makes one).
+    return b"data: %s\nretry: %d\n\n" % (data.encode(), retry_hint_ms())
 
 
 def _start_message(svc: Services, request: Request) -> dict[str, Any]:
