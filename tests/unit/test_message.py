@@ -189,6 +189,19 @@ def test_timestamp_now_rfc3339_milliseconds_z() -> None:
     assert abs(datetime.now(UTC) - parsed) < timedelta(seconds=5)
 
 
+def test_timestamps_across_a_second_are_the_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The date and time are formatted once a second: a new second gets its own."""
+    for now, expected in ((1764900000.9996, "2025-12-05T02:00:00.999Z"),
+                          (1764900001.0004, "2025-12-05T02:00:01.000Z"),
+                          (1764900001.25, "2025-12-05T02:00:01.250Z"),
+                          (1767225599.5, "2025-12-31T23:59:59.500Z"),
+                          (1767225600.0, "2026-01-01T00:00:00.000Z")):
+        monkeypatch.setattr("time.time", lambda now=now: now)
+        assert timestamp_now() == expected
+        assert datetime.fromisoformat(expected) == datetime.fromtimestamp(now, UTC).replace(
+            microsecond=datetime.fromtimestamp(now, UTC).microsecond // 1000 * 1000)
+
+
 def test_frames_encode_as_their_parts_back_to_back() -> None:
     parts = [Message("room:x", presence_frame(kind, "room:x", user))
              for kind, user in (("join", "a"), ("join", "b"), ("leave", "a"))]
