@@ -7,11 +7,12 @@ than letting the fast path switch itself off in silence.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
 
-from hubbub.transports import hypercorn_bridge
+from hubbub.transports import chat_post, hypercorn_bridge
 from hubbub.transports.live import LiveConnection
 from hubbub.transports.pong_filter import PongFilter
 from tests.conftest import LiveServer, run_server
@@ -178,3 +179,52 @@ async def test_an_sse_stream_with_a_direct_head_ends_through_hypercorn_on_a_reus
         assert answer.startswith(b"HTTP/1.1 200 ")
     finally:
         writer.close()
+
+
+async def _two_posts(port: int, token: str) -> list[tuple[bytes, bytes]]:
+    """Two chat POSTs on one keep-alive connection: each answer's head and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    try:
+        for text in ("one", "two"):
+            body = b'{"text":"%s"}' % text.encode()
+            writer.write(b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (token.encode(), len(body), body))
+            async with asyncio.timeout(5):
+                head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                answers.append((head, await reader.readexactly(length)))
+    finally:
+        writer.close()
+    return answers
+
+
+async def test_a_chat_post_answered_directly_is_hypercorns_answer_and_keeps_its_connection(
+        live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[bool] = []
+    respond = hypercorn_bridge.respond
+
+    def recording(*args: object) -> bool:
+        written.append(respond(*args))  # type: ignore[arg-type]
+        return written[-1]
+
+    monkeypatch.setattr(chat_post, "respond", recording)
+    direct = await _two_posts(live_server.port, live_server.token("alice"))
+    assert written == [True, True]
+    monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
+    hypercorn_bridge.status.cache_clear()
+    try:
+        async with run_server() as plain_server:
+            plain = await _two_posts(plain_server.port, plain_server.token("alice"))
+    finally:
+        hypercorn_bridge.status.cache_clear()
+    for (head, body), (plain_head, plain_body) in zip(direct, plain, strict=True):
+        assert head.startswith(b"HTTP/1.1 202 \r\n")
+        assert _without_date(head) == _without_date(plain_head)
+        assert json.loads(body).keys() == json.loads(plain_body).keys() == {"id"}
+    async with live_server.http() as client:
+        history = (await client.get("/api/rooms/lobby/messages", headers={
+            "Authorization": f"Bearer {live_server.token('reader')}"})).json()["messages"]
+    assert [m["text"] for m in history] == ["one", "two"]
