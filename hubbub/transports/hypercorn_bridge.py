@@ -14,7 +14,7 @@ on the stream object behind the ``send`` callable it hands the app for a request
       .buffer                           where a WebSocket message is gathered (limited here)
       .handle                           each event from the peer (wrapped on this instance)
       .context.terminated               set when the worker begins to shut down
-      (HTTPStream) .state, .response    moved to RESPONSE when a streamed head is written here
+      (HTTPStream) .state, .response    moved to RESPONSE when a head is written here (_note_head)
       (HTTP/1.1) .send.__self__.connection   the h11.Connection: its ._process_event() and
                                         ._cstate.keep_alive, to note a head written here
       (HTTP/2) .send.__self__.connection, .stream_buffers, ._flush(), ._close_stream()
@@ -24,7 +24,7 @@ Nothing is patched on a class: a host app's own requests and WebSockets are unto
 These are private names, so the versions they were tested on are pinned in pyproject.toml,
 ``status()`` checks them once and start-up logs the result, and tests/e2e/test_fast_path.py
 fails the day one changes. Outside the tested range or under another server, ``attach``
-returns None and callers take the plain ASGI path.
+returns None, ``respond`` False, and callers take the plain ASGI path.
 """
 
 from __future__ import annotations
