@@ -180,13 +180,10 @@ class Bridge:
         encoded once by ``header_block()``. None when the head must go through the server
         (HTTP/2, HTTP/1.0, a closing connection, a request not in the expected state).
         """
-        if self._writer is None:
-            return None
-        protocol = _note_head(self._stream, status, _CHUNKED)
-        if protocol is None:
+        if self._writer is None or not _note_head(self._stream, status, _CHUNKED):
             return None
         return b"HTTP/1.1 %d \r\n%s%sTransfer-Encoding: chunked\r\n\r\n" % (
-            status, header_block, _server_headers(protocol.config))
+            status, header_block, _server_headers(self._stream.config))
 
     def ping(self) -> None:
         """A WebSocket protocol ping (browsers answer by themselves), unless the socket is backed
@@ -273,53 +270,50 @@ def respond(send: Callable[..., Awaitable[None]], status_code: int, header_block
     stream: Any = getattr(send, "__self__", None)
     if type(stream) is not _hypercorn().HTTPStream:
         return False  # not a Hypercorn HTTP stream
-    protocol = getattr(stream.send, "__self__", None)
+    protocol: Any = getattr(stream.send, "__self__", None)
     tcp_server = getattr(getattr(protocol, "send", None), "__self__", None)
     transport = getattr(getattr(tcp_server, "writer", None), "transport", None)
-    if transport is None or transport.is_closing():
-        return False
     length = b"%d" % len(body)
-    protocol = _note_head(stream, status_code, [(b"content-length", length)])
-    if protocol is None:
+    if (transport is None or transport.is_closing()
+            or not _note_head(stream, status_code, [(b"content-length", length)])):
         return False
     if body:
         protocol.connection.send(H11Data(data=body))  # h11 counts it against the length
     transport.write(b"HTTP/1.1 %d \r\ncontent-length: %s\r\n%s%s\r\n%s" % (
-        status_code, length, header_block, _server_headers(protocol.config), body))
+        status_code, length, header_block, _server_headers(stream.config), body))
     return True
 
 
-def _note_head(stream: Any, status_code: int, framing: list[tuple[bytes, bytes]]) -> Any:
+def _note_head(stream: Any, status_code: int, framing: list[tuple[bytes, bytes]]) -> bool:
     """Moves Hypercorn's HTTPStream and h11 on as if the server had sent a head of
-    ``status_code`` with these framing headers, and returns the stream's H11Protocol. None,
-    with nothing changed, where the head must go through the server: HTTP/2, HTTP/1.0, a
-    connection that closes after this response (h11 would add Connection: close), a
-    request not in the expected state."""
+    ``status_code`` with these framing headers. False, with nothing changed, where the head
+    must go through the server: HTTP/2, HTTP/1.0, a connection that closes after this
+    response (h11 would add Connection: close), a request not in the expected state."""
     hypercorn = _hypercorn()
     if getattr(stream, "state", None) is not hypercorn.REQUEST:
-        return None
+        return False
     protocol: Any = getattr(stream.send, "__self__", None)
     if type(protocol) is not hypercorn.H11Protocol:
-        return None
+        return False
     connection = protocol.connection
     if (type(connection) is not H11Connection or connection.our_state is not SEND_RESPONSE
             or connection.their_http_version != b"1.1" or not connection._cstate.keep_alive
             or protocol.keep_alive_requests >= protocol.config.keep_alive_max_requests):
-        return None
+        return False
     try:  # h11's own state change for a sent head, without building the bytes
         connection._process_event(connection.our_role,
                                   H11Response(status_code=status_code, headers=framing, _parsed=True))
     except LocalProtocolError:
-        return None
+        return False
     # For its access log: the status, and the length its default format logs.
     stream.response = {"type": "http.response.start", "status": status_code, "headers": framing}
     stream.state = hypercorn.RESPONSE
-    return protocol
+    return True
 
 
 def header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """Response headers as a head carries them, for ``Bridge.start_chunked``; h11 checks them
-    here, once, as it would on every response."""
+    """Response headers as a head carries them, for ``Bridge.start_chunked`` and
+    ``respond``; h11 checks them here, once, as it would on every response."""
     headers = list(headers)
     H11Response(status_code=200, headers=headers)  # raises LocalProtocolError on a bad one
     return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
