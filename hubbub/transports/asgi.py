@@ -20,6 +20,7 @@ from werkzeug.http import parse_cookie
 
 from hubbub.errors import BadRequest, HubError, MethodNotAllowed
 from hubbub.transports.common import Services, cors_headers
+from hubbub.transports.hypercorn_bridge import END_BODY, header_block, respond
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -102,13 +103,27 @@ def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
+_EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff"}
+_JSON = {**_EVERY_RESPONSE, "Content-Type": "application/json"}
+_JSON_HEAD = header_block(raw_headers(_JSON))  # for the bridge: checked and encoded once
+
+
 async def send_response(send: Send, status: int, body: bytes, headers: Mapping[str, str], *,
                         websocket: bool = False) -> None:
     """A whole HTTP response; ``websocket``: as the answer to an upgrade (a rejection)."""
     prefix = "websocket." if websocket else ""
-    head = {"Content-Length": str(len(body)), "X-Content-Type-Options": "nosniff", **headers}
+    head = {"Content-Length": str(len(body)), **_EVERY_RESPONSE, **headers}
     await send({"type": f"{prefix}http.response.start", "status": status, "headers": raw_headers(head)})
     await send({"type": f"{prefix}http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+    """A whole JSON response. With no headers of its own (CORS, …) the bridge writes it,
+    head and body in one write (``respond``); otherwise it goes through the server."""
+    if not headers and respond(send, status, _JSON_HEAD, body):
+        await send(END_BODY)  # Hypercorn ends what the bridge wrote
+        return
+    await send_response(send, status, body, {**_JSON, **headers})
 
 
 def _error_headers(error: HubError) -> dict[str, str]:

@@ -16,18 +16,15 @@ import logging
 
 from hubbub.errors import HubError, MethodNotAllowed, TooLarge
 from hubbub.hub.message import dumps
-from hubbub.transports.asgi import Receive, Request, Send, raw_headers, send_error, send_response
+from hubbub.transports.asgi import Receive, Request, Send, send_error, send_json, send_response
 from hubbub.transports.common import Services, cors_headers, publish_chat, require_principal, valid_room
 from hubbub.transports.http import BODY_DRAIN_S
-from hubbub.transports.hypercorn_bridge import END_BODY, header_block, respond
 from hubbub.transports.idempotency import HEADER, Reply, at_most_once, check_key, fingerprint
 from hubbub.transports.inbound import chat_text_from_body
 
 log = logging.getLogger(__name__)
 
 ALLOW = "GET, HEAD, OPTIONS, POST"
-# What send_response() sends for an answer without CORS headers, but its Content-Length.
-_HEAD = header_block(raw_headers({"X-Content-Type-Options": "nosniff", "Content-Type": "application/json"}))
 
 
 class Disconnected(Exception):
@@ -109,14 +106,8 @@ async def messages(svc: Services, request: Request, receive: Receive, send: Send
         log.exception("unhandled error in hubbub's %s", type(error).__name__)
         await send_error(send, request, svc.settings, HubError("unexpected server error"))
         return
-    payload = reply.body.encode()
-    if not cors and not reply.replayed and respond(send, reply.status, _HEAD, payload):
-        await send(END_BODY)  # the head and body went out in one write: Hypercorn ends it
-        return
-    headers = {"Content-Type": "application/json", **cors}
-    if reply.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    await send_response(send, reply.status, payload, headers)
+    headers = {**cors, "Idempotent-Replayed": "true"} if reply.replayed else cors
+    await send_json(send, reply.status, reply.body.encode(), headers)
 
 
 async def _publish(svc: Services, request: Request, body: Body) -> Reply:

@@ -163,7 +163,8 @@ class LiveConnection:
         if connections_log.isEnabledFor(logging.INFO):
             self._log_closed(time.monotonic() - self._opened)
         self._opened = None
-        metrics.live(self.transport, self.endpoint)[1].dec()
+        _, connections = metrics.live(self.transport, self.endpoint)
+        connections.dec()
         for subscribed in self.sub.channels:
             metrics.subscribed(subscribed).dec()
         self.sub.detach()

@@ -12,7 +12,7 @@ import logging
 
 import pytest
 
-from hubbub.transports import chat_post, hypercorn_bridge
+from hubbub.transports import asgi, hypercorn_bridge
 from hubbub.transports.live import LiveConnection
 from hubbub.transports.pong_filter import PongFilter
 from tests.conftest import LiveServer, run_server
@@ -210,7 +210,7 @@ async def test_a_chat_post_answered_directly_is_hypercorns_answer_and_keeps_its_
         written.append(respond(*args))  # type: ignore[arg-type]
         return written[-1]
 
-    monkeypatch.setattr(chat_post, "respond", recording)
+    monkeypatch.setattr(asgi, "respond", recording)
     direct = await _two_posts(live_server.port, live_server.token("alice"))
     assert written == [True, True]
     monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
