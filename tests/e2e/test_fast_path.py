@@ -36,6 +36,19 @@ def test_the_fast_path_is_off_when_h11_moves_what_the_bridge_uses(monkeypatch: p
     assert not fast and "h11" in why and "_process_event" in why
 
 
+def test_the_fast_path_is_off_when_hypercorn_moves_its_websocket_accept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.protocol.ws_stream import Handshake
+
+    monkeypatch.delattr(Handshake, "accept")
+    hypercorn_bridge.status.cache_clear()
+    try:
+        fast, why = hypercorn_bridge.status()
+    finally:
+        hypercorn_bridge.status.cache_clear()
+    assert not fast and "Handshake.accept" in why
+
+
 async def test_every_live_connection_on_http11_writes_directly(live_server: LiveServer) -> None:
     token = live_server.token("alice")
     async with live_server.http() as client, \
@@ -228,3 +241,59 @@ async def test_a_chat_post_answered_directly_is_hypercorns_answer_and_keeps_its_
         history = (await client.get("/api/rooms/lobby/messages", headers={
             "Authorization": f"Bearer {live_server.token('reader')}"})).json()["messages"]
     assert [m["text"] for m in history] == ["one", "two"]
+
+
+async def _ws_accept(port: int, token: str) -> tuple[bytes, bytes]:
+    """A raw WebSocket upgrade of /ws/chat: the 101's head, and what followed it (the welcome)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET /ws/chat?room=lobby&token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        received = b""
+        async with asyncio.timeout(5):
+            while b'"welcome"' not in received:
+                chunk = await reader.read(65536)
+                assert chunk, received
+                received += chunk
+    finally:
+        writer.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+async def test_a_websocket_accepted_directly_is_accepted_as_hypercorn_accepts_it(
+        live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 101 and the welcome go out in one write past h11: the same head, byte for byte
+    but the date, and the same access log line as Hypercorn's own accept."""
+    from hypercorn.logging import Logger
+
+    heads: list[bytes | None] = []
+    accept_websocket = hypercorn_bridge.Bridge.accept_websocket
+
+    async def recording(bridge: hypercorn_bridge.Bridge) -> bytes | None:
+        heads.append(await accept_websocket(bridge))
+        return heads[-1]
+
+    logged: list[tuple[str, int]] = []
+
+    async def access(self: Logger, request: dict, response: dict, request_time: float) -> None:
+        logged.append((request["path"], response["status"]))
+
+    monkeypatch.setattr(hypercorn_bridge.Bridge, "accept_websocket", recording)
+    monkeypatch.setattr(Logger, "access", access)
+    direct, welcome = await _ws_accept(live_server.port, live_server.token("alice"))
+    assert len(heads) == 1 and heads[0] is not None and heads[0].startswith(direct)
+    monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
+    hypercorn_bridge.status.cache_clear()
+    try:
+        async with run_server() as plain_server:
+            plain, _ = await _ws_accept(plain_server.port, plain_server.token("alice"))
+    finally:
+        hypercorn_bridge.status.cache_clear()
+    assert direct.startswith(b"HTTP/1.1 101 \r\n") and b"\r\ndate: " in direct
+    # RFC 6455 §1.3's own example key and answer
+    assert b"\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in direct
+    assert _without_date(direct) == _without_date(plain)
+    assert welcome[:1] == b"\x81" and b'"type":"welcome"' in welcome  # an unmasked text frame
+    assert [entry for entry in logged if entry[0] == "/ws/chat"] == [("/ws/chat", 101), ("/ws/chat", 101)]
