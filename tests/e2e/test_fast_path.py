@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
@@ -17,6 +19,8 @@ from hubbub.transports.live import LiveConnection
 from hubbub.transports.pong_filter import PongFilter
 from tests.conftest import LiveServer, run_server
 from tests.e2e.clients import recv_json, recv_until, sse_connect, ws_connect
+
+T = TypeVar("T")
 
 
 def test_fast_path_available_with_the_pinned_hypercorn() -> None:
@@ -125,14 +129,14 @@ async def test_outside_the_tested_range_starts_with_a_warning_and_the_plain_path
     assert any("fast path off" in w and "outside the tested range" in w for w in warnings), warnings
 
 
-async def _sse_head(port: int, token: str) -> tuple[bytes, bytes]:
-    """A raw GET of /sse/chat: the response head, and what followed it in the same reads."""
+async def _head_and_welcome(port: int, request: str) -> tuple[bytes, bytes]:
+    """A raw request: the response head, and what followed it up to the welcome."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(f"GET /sse/chat?room=lobby&token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        writer.write(request.encode())
         received = b""
         async with asyncio.timeout(5):
-            while b"welcome" not in received:
+            while b'"welcome"' not in received:
                 chunk = await reader.read(65536)
                 assert chunk, received
                 received += chunk
@@ -140,6 +144,24 @@ async def _sse_head(port: int, token: str) -> tuple[bytes, bytes]:
         writer.close()
     head, _, rest = received.partition(b"\r\n\r\n")
     return head, rest
+
+
+async def _sse_head(port: int, token: str) -> tuple[bytes, bytes]:
+    """A raw GET of /sse/chat."""
+    return await _head_and_welcome(
+        port, f"GET /sse/chat?room=lobby&token={token} HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+async def _with_the_fast_path_off(monkeypatch: pytest.MonkeyPatch,
+                                  fetch: Callable[[int, str], Awaitable[T]]) -> T:
+    """What ``fetch(port, token)`` reads from a server of its own with the fast path off."""
+    monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
+    hypercorn_bridge.status.cache_clear()
+    try:
+        async with run_server() as plain_server:
+            return await fetch(plain_server.port, plain_server.token("alice"))
+    finally:
+        hypercorn_bridge.status.cache_clear()
 
 
 def _without_date(head: bytes) -> bytes:
@@ -158,13 +180,7 @@ async def test_an_sse_head_written_directly_is_the_one_hypercorn_writes(
     monkeypatch.setattr(hypercorn_bridge.Bridge, "start_chunked", recording)
     direct, first_chunk = await _sse_head(live_server.port, live_server.token("alice"))
     assert len(heads) == 1 and heads[0] is not None and heads[0].startswith(direct)
-    monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
-    hypercorn_bridge.status.cache_clear()
-    try:
-        async with run_server() as plain_server:
-            plain, _ = await _sse_head(plain_server.port, plain_server.token("alice"))
-    finally:
-        hypercorn_bridge.status.cache_clear()
+    plain, _ = await _with_the_fast_path_off(monkeypatch, _sse_head)
     assert direct.startswith(b"HTTP/1.1 200 \r\n") and b"\r\ndate: " in direct
     assert _without_date(direct) == _without_date(plain)
     assert direct.endswith(b"Transfer-Encoding: chunked")
@@ -226,13 +242,7 @@ async def test_a_chat_post_answered_directly_is_hypercorns_answer_and_keeps_its_
     monkeypatch.setattr(asgi, "respond", recording)
     direct = await _two_posts(live_server.port, live_server.token("alice"))
     assert written == [True, True]
-    monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
-    hypercorn_bridge.status.cache_clear()
-    try:
-        async with run_server() as plain_server:
-            plain = await _two_posts(plain_server.port, plain_server.token("alice"))
-    finally:
-        hypercorn_bridge.status.cache_clear()
+    plain = await _with_the_fast_path_off(monkeypatch, _two_posts)
     for (head, body), (plain_head, plain_body) in zip(direct, plain, strict=True):
         assert head.startswith(b"HTTP/1.1 202 \r\n")
         assert _without_date(head) == _without_date(plain_head)
@@ -244,22 +254,11 @@ async def test_a_chat_post_answered_directly_is_hypercorns_answer_and_keeps_its_
 
 
 async def _ws_accept(port: int, token: str) -> tuple[bytes, bytes]:
-    """A raw WebSocket upgrade of /ws/chat: the 101's head, and what followed it (the welcome)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET /ws/chat?room=lobby&token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-        received = b""
-        async with asyncio.timeout(5):
-            while b'"welcome"' not in received:
-                chunk = await reader.read(65536)
-                assert chunk, received
-                received += chunk
-    finally:
-        writer.close()
-    head, _, rest = received.partition(b"\r\n\r\n")
-    return head, rest
+    """A raw WebSocket upgrade of /ws/chat, with RFC 6455 §1.3's example key."""
+    return await _head_and_welcome(
+        port, f"GET /ws/chat?room=lobby&token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              "Sec-WebSocket-Version: 13\r\n\r\n")
 
 
 async def test_a_websocket_accepted_directly_is_accepted_as_hypercorn_accepts_it(
@@ -284,15 +283,9 @@ async def test_a_websocket_accepted_directly_is_accepted_as_hypercorn_accepts_it
     monkeypatch.setattr(Logger, "access", access)
     direct, welcome = await _ws_accept(live_server.port, live_server.token("alice"))
     assert len(heads) == 1 and heads[0] is not None and heads[0].startswith(direct)
-    monkeypatch.setattr(hypercorn_bridge, "TESTED_HYPERCORN", ((0, 99),))
-    hypercorn_bridge.status.cache_clear()
-    try:
-        async with run_server() as plain_server:
-            plain, _ = await _ws_accept(plain_server.port, plain_server.token("alice"))
-    finally:
-        hypercorn_bridge.status.cache_clear()
+    plain, _ = await _with_the_fast_path_off(monkeypatch, _ws_accept)
     assert direct.startswith(b"HTTP/1.1 101 \r\n") and b"\r\ndate: " in direct
-    # RFC 6455 §1.3's own example key and answer
+    # the answer to RFC 6455 §1.3's example key
     assert b"\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in direct
     assert _without_date(direct) == _without_date(plain)
     assert welcome[:1] == b"\x81" and b'"type":"welcome"' in welcome  # an unmasked text frame
