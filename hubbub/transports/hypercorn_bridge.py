@@ -210,15 +210,13 @@ class Bridge:
         hypercorn = _hypercorn()
         if (self._writer is None or type(stream) is not hypercorn.WSStream
                 or stream.state is not hypercorn.HANDSHAKE or stream.handshake.extensions
-                or stream.handshake.http_version != "1.1"
                 or stream.config.websocket_ping_interval is not None):
             return None
         stream.state = hypercorn.CONNECTED
         status_code, headers, stream.connection = stream.handshake.accept(None, ())
         await stream.config.log.access(stream.scope, {"status": status_code, "headers": []},
                                        time.time() - stream.start_time)
-        return b"HTTP/1.1 %d \r\n%s%s\r\n" % (
-            status_code, b"".join(b"%s: %s\r\n" % pair for pair in headers), _server_headers(stream.config))
+        return b"HTTP/1.1 %d \r\n%s%s\r\n" % (status_code, _lines(headers), _server_headers(stream.config))
 
     def ping(self) -> None:
         """A WebSocket protocol ping (browsers answer by themselves), unless the socket is backed
@@ -351,7 +349,12 @@ def header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     ``respond``; h11 checks them here, once, as it would on every response."""
     headers = list(headers)
     H11Response(status_code=200, headers=headers)  # raises LocalProtocolError on a bad one
-    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+    return _lines(headers)
+
+
+def _lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Headers as h11 writes them, unchecked: a line each, names as given."""
+    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
 
 
 _server_head: tuple[int, Any, bytes] = (0, None, b"")
@@ -363,7 +366,7 @@ def _server_headers(config: Any) -> bytes:
     second, cached_config, block = _server_head
     now = int(time.time())
     if now != second or config is not cached_config:
-        block = b"".join(b"%s: %s\r\n" % pair for pair in config.response_headers("h11"))
+        block = _lines(config.response_headers("h11"))
         _server_head = (now, config, block)
     return block
 

@@ -258,13 +258,14 @@ class WebSocketConnection(LiveConnection):
         socket where the wire allows, like every message after it, the 101 and the welcome
         in one write (Hypercorn's accept, through h11 and its lock and drain, cost ~7% of a
         connect's CPU); through the server otherwise."""
-        if self.direct is None or self.bridge is None:
+        if self.direct is None:
             if accept:
                 await self.send({"type": "websocket.accept"})
             await self.send({"type": "websocket.send", "text": welcome})
             return
         frame = websocket_text_frame(welcome.encode())
         if accept:
+            assert self.bridge is not None  # a direct writer comes from the bridge
             head = await self.bridge.accept_websocket()
             if head is None:
                 await self.send({"type": "websocket.accept"})
